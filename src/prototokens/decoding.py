@@ -1,0 +1,63 @@
+"""One-pass decoding: proto-tokens + N -> one forward pass -> N tokens -> text."""
+
+from __future__ import annotations
+
+import torch
+
+from .arrangements import get_arrangement
+from .artefacts import ProtoTokens
+from .engine import assemble_inputs, forward_logits
+from .errors import PrototokensError
+from .loading import FrozenLM
+from .metrics import lm_cross_entropy, nats_to_bits
+
+
+def check_compatible(lm: FrozenLM, pt: ProtoTokens) -> None:
+    """Refuse to use proto-tokens with a model other than the one they were fitted on."""
+    if pt.fingerprint != lm.fingerprint:
+        raise PrototokensError(
+            f"these proto-tokens were fitted on {pt.model_name!r} (fingerprint {pt.fingerprint}); "
+            f"the loaded model {lm.name!r} has fingerprint {lm.fingerprint}. Load {pt.model_name!r} to decode them."
+        )
+    if pt.e.shape[1] != lm.hidden_size:
+        raise PrototokensError(f"proto-tokens have width {pt.e.shape[1]}, the model {lm.hidden_size}")
+
+
+@torch.no_grad()
+def decode_ids(lm: FrozenLM, e: torch.Tensor, m: torch.Tensor, n_tokens: int,
+               arrangement: str = "e-m") -> list[int]:
+    """Token ids read off one forward pass of the arrangement of `e` and `m` for `n_tokens` targets."""
+    arr = get_arrangement(arrangement)
+    slots = torch.tensor([arr.slots(n_tokens)], device=lm.device)
+    inputs = assemble_inputs(e.view(1, -1).to(lm.device, torch.float32),
+                             m.view(1, -1).to(lm.device, torch.float32), slots)
+    logits = forward_logits(lm, inputs)[0, arr.n_skip:]
+    return logits.argmax(-1).tolist()
+
+
+def decode(lm: FrozenLM, pt: ProtoTokens, row: int | None = None) -> list[int]:
+    """Decode one row of a fit (default: its most accurate row) in one forward pass."""
+    check_compatible(lm, pt)
+    row = pt.best_row() if row is None else row
+    if not 0 <= row < len(pt.rows):
+        raise PrototokensError(f"row {row} out of range: the file has {len(pt.rows)} row(s)")
+    e, m = pt.vectors(row)
+    return decode_ids(lm, e, m, pt.rows[row].n_tokens, pt.arrangement)
+
+
+def evaluate(lm: FrozenLM, pt: ProtoTokens, rows: list[int] | None = None) -> list[dict]:
+    """Re-measure accuracy, C_tokens and H_LM of saved proto-tokens on `lm`."""
+    check_compatible(lm, pt)
+    rows = list(range(len(pt.rows))) if rows is None else rows
+    h = lm_cross_entropy(lm, [pt.rows[i].token_ids for i in rows])
+    out = []
+    for i, h_lm in zip(rows, h, strict=True):
+        target = pt.rows[i].token_ids
+        got = decode(lm, pt, i)
+        correct = sum(a == b for a, b in zip(got, target, strict=True))
+        out.append({
+            "row": i, "seed": pt.rows[i].seed, "n_tokens": len(target), "accuracy": correct / len(target),
+            "c_tokens": correct, "h_lm_nats": h_lm, "h_lm_bits": nats_to_bits(h_lm),
+            "exact": got == target,
+        })
+    return out

@@ -1,0 +1,352 @@
+"""The fitting engine: many texts and seeds optimised together against one frozen model.
+
+Each row (a text and a seed) has its own `e`, or shares one within groups of `share_e` rows;
+likewise `m` within groups of `share_m` rows (0 = all rows share one). Rows linked by a shared
+vector form a *unit*: a unit stops together (all its rows at the stop accuracy, patience run
+out, or a non-finite loss), its best state is kept, and its rows then leave the active batch.
+
+The per-row loss is the mean cross-entropy over that row's N targets, and the batch loss is
+the sum over rows, so a row's gradient (and, AdamW being element-wise, its whole trajectory)
+does not depend on which other rows share the batch. Texts of different lengths are right-
+padded: under a causal mask real positions never attend to padding, so no mask is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .arrangements import Arrangement, E, M, get_arrangement
+from .artefacts import ProtoTokens, RowResult
+from .errors import PrototokensError
+from .loading import FrozenLM
+from .recipes import Recipe, get_recipe
+
+
+def row_seed(token_ids: list[int], seed: int, tag: str) -> int:
+    """A 63-bit seed that depends only on the text's tokens, the user seed and the vector kind."""
+    h = hashlib.sha256(f"{tag}:{seed}:".encode() + bytes(str(token_ids), "ascii"))
+    return int.from_bytes(h.digest()[:8], "little") >> 1
+
+
+def group_ids(n_rows: int, size: int) -> list[int]:
+    """Group index of each row for groups of `size` consecutive rows (0 = one group for all)."""
+    if size < 0:
+        raise PrototokensError(f"group size must be >= 0, got {size}")
+    size = n_rows if size == 0 else size
+    return [r // size for r in range(n_rows)]
+
+
+def unit_ids(e_of_row: list[int], m_of_row: list[int]) -> list[int]:
+    """Connected components of rows linked by a shared e or m (union-find)."""
+    parent = list(range(len(e_of_row)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for groups in (e_of_row, m_of_row):
+        first: dict[int, int] = {}
+        for r, g in enumerate(groups):
+            if g in first:
+                parent[find(r)] = find(first[g])
+            else:
+                first[g] = r
+    roots: dict[int, int] = {}
+    return [roots.setdefault(find(r), len(roots)) for r in range(len(e_of_row))]
+
+
+@torch.no_grad()
+def embedding_stats(lm: FrozenLM, sample: int = 8192) -> tuple[torch.Tensor, float]:
+    """A strided sample of the model's actual input vectors (after any embedding scaling) and their std."""
+    emb = lm.model.get_input_embeddings()
+    vocab = emb.weight.shape[0]
+    ids = torch.arange(0, vocab, max(1, vocab // sample), device=lm.device)
+    vecs = emb(ids).float()
+    return vecs.cpu(), vecs.std().item()
+
+
+def init_vectors(lm: FrozenLM, keys: list[tuple[list[int], int, str]], recipe: Recipe) -> torch.Tensor:
+    """One initial fp32 vector per key (token ids, seed, tag), drawn from a generator seeded by the key."""
+    d = lm.hidden_size
+    out = torch.empty(len(keys), d)
+    table, std = embedding_stats(lm) if recipe.init != "normal" else (None, 1.0)
+    for i, (ids, seed, tag) in enumerate(keys):
+        g = torch.Generator().manual_seed(row_seed(ids, seed, tag))
+        if recipe.init == "tokens":
+            out[i] = table[torch.randint(len(table), (1,), generator=g)].squeeze(0)
+        else:
+            out[i] = torch.randn(d, generator=g) * std
+    return out * recipe.init_scale
+
+
+@dataclass
+class _Problem:
+    """The static description of a batch of rows (on the device)."""
+
+    slots: torch.Tensor  # (R, L) long: 0 = e, 1 = m
+    targets: torch.Tensor  # (R, L) long, -100 where untrained
+    n_tokens: torch.Tensor  # (R,) float
+
+
+def _problem(rows: list[RowResult], arr: Arrangement, device: torch.device) -> _Problem:
+    width = max(arr.length(r.n_tokens) for r in rows)
+    pad = M if arr.uses_m else E
+    slots = torch.full((len(rows), width), pad, dtype=torch.long)
+    targets = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        length = arr.length(r.n_tokens)
+        slots[i, :length] = torch.tensor(arr.slots(r.n_tokens))
+        targets[i, arr.n_skip:length] = torch.tensor(r.token_ids)
+    n = torch.tensor([float(r.n_tokens) for r in rows])
+    return _Problem(slots.to(device), targets.to(device), n.to(device))
+
+
+def assemble_inputs(e: torch.Tensor, m: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """(R, L, d) input embeddings: row r takes e[r] where slots is 0 and m[r] where it is 1."""
+    return torch.where((slots == E).unsqueeze(-1), e.unsqueeze(1), m.unsqueeze(1))
+
+
+def forward_logits(lm: FrozenLM, inputs: torch.Tensor) -> torch.Tensor:
+    return lm.model(inputs_embeds=inputs.to(lm.dtype), use_cache=False).logits
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy (R, L) and correctness (R, L) against `targets` (-100 = ignore)."""
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+                           reduction="none").view(targets.shape)
+    correct = logits.argmax(-1) == targets
+    return loss, correct
+
+
+def _slice_adam(opt: torch.optim.Optimizer, old: torch.nn.Parameter, new: torch.nn.Parameter,
+                keep: torch.Tensor) -> None:
+    state = opt.state.pop(old, None)
+    if state:
+        opt.state[new] = {k: (v[keep].clone() if k.startswith("exp_avg") else v) for k, v in state.items()}
+
+
+class _Run:
+    """Optimises one set of rows (global e/m/unit ids given) until every unit has stopped."""
+
+    def __init__(self, lm: FrozenLM, rows: list[RowResult], units: list[int], e0: torch.Tensor,
+                 m0: torch.Tensor, arr: Arrangement, recipe: Recipe, check_every: int, bar: tqdm | None):
+        self.lm, self.rows, self.arr, self.recipe, self.bar = lm, rows, arr, recipe, bar
+        dev = lm.device
+        self.check_every = check_every
+        self.prob = _problem(rows, arr, dev)
+        self.row_e = torch.tensor([r.e_index for r in rows], device=dev)
+        self.row_m = torch.tensor([r.m_index for r in rows], device=dev)
+        self.row_unit = torch.tensor(units, device=dev)
+        n_units = max(units) + 1
+        self.best_e, self.best_m = e0.to(dev).clone(), m0.to(dev).clone()
+        self.best_acc = torch.full((n_units,), -1.0, device=dev)
+        self.best_step = torch.zeros(n_units, dtype=torch.long, device=dev)
+        self.bad = torch.zeros(n_units, dtype=torch.bool, device=dev)
+        self.best_correct = torch.zeros_like(self.prob.targets, dtype=torch.bool)
+        self.best_loss = torch.full((len(rows),), float("nan"), device=dev)
+        self.unit_size = torch.zeros(n_units, device=dev).index_add_(0, self.row_unit, torch.ones(len(rows), device=dev))
+        self.status = ["max_steps"] * n_units
+        self.active = torch.arange(len(rows), device=dev)
+        self.e_ids = torch.unique(self.row_e)  # global ids of the active e / m vectors
+        self.m_ids = torch.unique(self.row_m)
+        # the unit of each vector (every row using a vector is in the same unit)
+        self.e_unit = torch.zeros(len(e0), dtype=torch.long, device=dev).index_put_((self.row_e,), self.row_unit)
+        self.m_unit = torch.zeros(len(m0), dtype=torch.long, device=dev).index_put_((self.row_m,), self.row_unit)
+        self.E = torch.nn.Parameter(self.best_e[self.e_ids].clone())
+        self.M = torch.nn.Parameter(self.best_m[self.m_ids].clone())
+        params = [self.E, self.M] if arr.uses_m else [self.E]
+        self.opt = torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+
+    def _local(self, ids: torch.Tensor, active_ids: torch.Tensor) -> torch.Tensor:
+        return torch.searchsorted(active_ids, ids)
+
+    def step(self, step: int, update: bool) -> None:
+        rows = self.active
+        e_loc = self._local(self.row_e[rows], self.e_ids)
+        m_loc = self._local(self.row_m[rows], self.m_ids)
+        inputs = assemble_inputs(self.E[e_loc], self.M[m_loc], self.prob.slots[rows])
+        with torch.set_grad_enabled(update):
+            logits = forward_logits(self.lm, inputs)
+            loss, correct = token_losses(logits, self.prob.targets[rows])
+            n = self.prob.n_tokens[rows]
+            row_loss = loss.sum(1) / n
+            finite = torch.isfinite(row_loss)
+        acc = correct.sum(1) / n
+        units = self.row_unit[rows]
+        size = self.unit_size
+        unit_acc = torch.zeros_like(self.best_acc).index_add_(0, units, acc.detach()) / size.clamp(min=1)
+        n_bad = torch.zeros_like(self.best_acc).index_add_(0, units, (~finite).float())
+        self.bad |= n_bad > 0
+        live = torch.zeros_like(self.bad)
+        live[units] = True
+        improved = live & ~self.bad & (unit_acc > self.best_acc)
+        self.best_acc = torch.where(improved, unit_acc, self.best_acc)
+        self.best_step = torch.where(improved, torch.full_like(self.best_step, step), self.best_step)
+        imp_row = improved[units].unsqueeze(-1)
+        self.best_correct[rows] = torch.where(imp_row, correct, self.best_correct[rows])
+        self.best_loss[rows] = torch.where(imp_row.squeeze(-1), row_loss.detach(), self.best_loss[rows])
+        with torch.no_grad():
+            imp_e = improved[self.e_unit[self.e_ids]].unsqueeze(-1)
+            self.best_e[self.e_ids] = torch.where(imp_e, self.E.detach(), self.best_e[self.e_ids])
+            imp_m = improved[self.m_unit[self.m_ids]].unsqueeze(-1)
+            self.best_m[self.m_ids] = torch.where(imp_m, self.M.detach(), self.best_m[self.m_ids])
+        if self.bar is not None and step % self.check_every == 0:
+            self.bar.set_postfix(rows=len(rows), acc=f"{acc.mean().item():.3f}", loss=f"{row_loss.mean().item():.3f}",
+                                 refresh=False)
+        if not update:
+            return
+        for g in self.opt.param_groups:
+            g["lr"] = self.recipe.lr_at(step)
+        self.opt.zero_grad(set_to_none=True)
+        torch.where(finite, row_loss, torch.zeros_like(row_loss)).sum().backward()
+        for p in (self.E, self.M):
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        self.opt.step()
+
+    def finish_units(self, step: int, final: bool) -> bool:
+        """Retire stopped units and compact the batch; return whether any row is still active."""
+        units = self.row_unit[self.active]
+        done = self.bad | (self.best_acc >= self.recipe.stop_accuracy)
+        if self.recipe.patience is not None:
+            done |= (step - self.best_step) >= self.recipe.patience
+        if final:
+            done = torch.ones_like(done)
+        keep_row = ~done[units]
+        if bool(keep_row.all()):
+            return True
+        for u in torch.unique(units[~keep_row]).tolist():
+            if bool(self.bad[u]):
+                self.status[u] = "failed: non-finite loss"
+            elif self.best_acc[u].item() >= self.recipe.stop_accuracy:
+                self.status[u] = "converged"
+            elif not final:
+                self.status[u] = "patience"
+        self.active = self.active[keep_row]
+        new_e = torch.unique(self.row_e[self.active])
+        new_m = torch.unique(self.row_m[self.active])
+        keep_e = torch.searchsorted(self.e_ids, new_e)
+        keep_m = torch.searchsorted(self.m_ids, new_m)
+        E = torch.nn.Parameter(self.E.detach()[keep_e].clone())
+        Mp = torch.nn.Parameter(self.M.detach()[keep_m].clone())
+        _slice_adam(self.opt, self.E, E, keep_e)
+        _slice_adam(self.opt, self.M, Mp, keep_m)
+        self.opt.param_groups[0]["params"] = [E, Mp] if self.arr.uses_m else [E]
+        self.E, self.M, self.e_ids, self.m_ids = E, Mp, new_e, new_m
+        return len(self.active) > 0
+
+    def run(self) -> None:
+        max_steps = self.recipe.max_steps
+        if self.bar is not None:
+            self.bar.reset(total=max_steps + 1)
+        for step in range(max_steps + 1):
+            self.step(step, update=step < max_steps)
+            if self.bar is not None:
+                self.bar.update(1)
+            if step == max_steps or (step + 1) % self.check_every == 0:
+                if not self.finish_units(step, final=step == max_steps):
+                    break
+        for i, r in enumerate(self.rows):
+            u = int(self.row_unit[i])
+            length = self.arr.length(r.n_tokens)
+            correct = self.best_correct[i, self.arr.n_skip:length].tolist()
+            r.correct = [bool(c) for c in correct]
+            r.c_tokens = sum(r.correct)
+            r.accuracy = r.c_tokens / r.n_tokens
+            r.steps = int(self.best_step[u])
+            r.loss = float(self.best_loss[i])
+            r.status = self.status[u]
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list[int] = 1,
+                  arrangement: str | Arrangement = "e-m", recipe: str | Recipe | None = None,
+                  share_e: int = 1, share_m: int = 1, max_batch: int | None = None,
+                  check_every: int | None = None, progress: bool = False,
+                  texts: list[str] | None = None) -> ProtoTokens:
+    """Fit proto-tokens for every (text, seed) pair; rows are ordered text-major, seed-minor.
+
+    share_e / share_m: rows per group sharing one e / m (1 = own vector, 0 = all rows share one).
+    max_batch: at most this many rows optimised at once (whole sharing units are never split).
+    check_every: steps between reads of the stop bookkeeping (default 1 on CPU, 10 on GPU).
+    """
+    arr = get_arrangement(arrangement)
+    recipe = get_recipe(recipe)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not token_ids:
+        raise PrototokensError("no texts to fit")
+    if not seed_list:
+        raise PrototokensError("at least one seed is needed")
+    limit = lm.max_positions
+    for i, ids in enumerate(token_ids):
+        if len(ids) == 0:
+            raise PrototokensError(f"text {i} tokenises to no tokens")
+        if limit is not None and arr.length(len(ids)) > limit:
+            raise PrototokensError(f"text {i} needs {arr.length(len(ids))} positions ({len(ids)} tokens, "
+                                   f"arrangement {arr.notation}) but {lm.name} has only {limit}")
+    pairs = [(t, s) for t in range(len(token_ids)) for s in seed_list]
+    e_of = group_ids(len(pairs), share_e)
+    m_of = group_ids(len(pairs), share_m)
+    units = unit_ids(e_of, m_of)
+    first_e: dict[int, int] = {}
+    first_m: dict[int, int] = {}
+    for r, (g_e, g_m) in enumerate(zip(e_of, m_of, strict=True)):
+        first_e.setdefault(g_e, r)
+        first_m.setdefault(g_m, r)
+    e0 = init_vectors(lm, [(token_ids[pairs[r][0]], pairs[r][1], "e") for r in first_e.values()], recipe)
+    m0 = init_vectors(lm, [(token_ids[pairs[r][0]], pairs[r][1], "m") for r in first_m.values()], recipe)
+    rows = [RowResult(token_ids=list(token_ids[t]), seed=s, e_index=e_of[r], m_index=m_of[r],
+                      text=texts[t] if texts else None) for r, (t, s) in enumerate(pairs)]
+    if check_every is None:
+        check_every = 1 if lm.device.type == "cpu" else 10
+    best_e, best_m = e0.clone(), m0.clone()
+    start = time.perf_counter()
+    bar = tqdm(total=None, desc="fitting", unit="step", disable=not progress, leave=False, mininterval=0.5)
+
+    def solve(unit_set: list[int]) -> None:
+        idx = [r for r in range(len(rows)) if units[r] in unit_set]
+        if max_batch is not None and len(idx) > max_batch and len(unit_set) > 1:
+            half = len(unit_set) // 2
+            solve(unit_set[:half])
+            solve(unit_set[half:])
+            return
+        sub = [rows[r] for r in idx]
+        local_units = [unit_set.index(units[r]) for r in idx]
+        run = _Run(lm, sub, local_units, best_e, best_m, arr, recipe, check_every, bar if progress else None)
+        try:
+            run.run()
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e):
+                raise
+            del run
+            if lm.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(unit_set) == 1:
+                raise PrototokensError(f"out of memory even for a single sharing unit of {len(idx)} rows") from None
+            half = len(unit_set) // 2
+            solve(unit_set[:half])
+            solve(unit_set[half:])
+            return
+        best_e[:] = run.best_e.cpu()
+        best_m[:] = run.best_m.cpu()
+
+    try:
+        solve(sorted(set(units)))
+    finally:
+        bar.close()
+    return ProtoTokens(
+        e=best_e, m=best_m, rows=rows, arrangement=arr.name, model_name=lm.name,
+        fingerprint=lm.fingerprint, recipe=recipe.to_dict(),
+        sharing={"e": share_e, "m": share_m}, seconds=time.perf_counter() - start,
+    )

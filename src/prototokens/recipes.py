@@ -1,0 +1,103 @@
+"""Optimisation recipes: how proto-tokens are initialised and trained.
+
+`paper` is the recipe of Mezentsev & Oseledets (AdamW lr 0.01, betas (0.9, 0.9), weight decay
+0.01, N(0, 1) init, 5000 steps, stop at 100% token accuracy). It is the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .errors import PrototokensError
+
+INITS = ("normal", "embedding", "tokens")
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyper-parameters of one fit.
+
+    init:
+        ``normal``: N(0, init_scale^2) in every coordinate (the paper: scale 1);
+        ``embedding``: N(0, (init_scale * s)^2) with s the std of the model's input embeddings;
+        ``tokens``: the input embedding of a random vocabulary token, times init_scale.
+    schedule: learning-rate schedule after ``warmup_steps`` of linear warm-up.
+    patience: stop a fit when its best accuracy has not improved for this many steps.
+    """
+
+    name: str = "paper"
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.9)
+    weight_decay: float = 0.01
+    max_steps: int = 5000
+    init: str = "normal"
+    init_scale: float = 1.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    patience: int | None = None
+    stop_accuracy: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise PrototokensError(f"unknown init {self.init!r}; known: {', '.join(INITS)}")
+        if self.schedule not in SCHEDULES:
+            raise PrototokensError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
+        if self.max_steps < 0:
+            raise PrototokensError(f"steps must be >= 0, got {self.max_steps}")
+        if not self.lr > 0:
+            raise PrototokensError(f"learning rate must be > 0, got {self.lr}")
+        if self.patience is not None and self.patience < 1:
+            raise PrototokensError(f"patience must be >= 1, got {self.patience}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimiser step `step` (0-based)."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        span = max(1, self.max_steps - self.warmup_steps)
+        frac = min(1.0, (step - self.warmup_steps) / span)
+        if self.schedule == "cosine":
+            mult = 0.5 * (1 + math.cos(math.pi * frac))
+        else:
+            mult = 1 - frac
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * mult)
+
+    def replace(self, **changes) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(),
+}
+DEFAULT_RECIPE = "paper"
+
+
+def get_recipe(recipe: str | Recipe | None = None, **overrides) -> Recipe:
+    """A named recipe (or a Recipe), with fields overridden where the value is not None."""
+    if recipe is None:
+        recipe = DEFAULT_RECIPE
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise PrototokensError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        recipe = RECIPES[recipe]
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return recipe.replace(**changes) if changes else recipe

