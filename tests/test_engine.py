@@ -126,13 +126,13 @@ def test_early_stop_keeps_best_state_and_reports_steps(llama):
 
 def test_finished_rows_leave_the_batch(llama, monkeypatch):
     sizes = []
-    forward = llama.model.forward
+    forward = llama.model.base_model.forward
 
     def spy(*a, **k):
         sizes.append(k["inputs_embeds"].shape[0])
         return forward(*a, **k)
 
-    monkeypatch.setattr(llama.model, "forward", spy)
+    monkeypatch.setattr(llama.model.base_model, "forward", spy)
     fit = pt.fit(llama, ["H", "A much longer text to fit here"], recipe=TINY_RECIPE.replace(max_steps=40))
     assert fit.rows[0].status == "converged"
     assert sizes[0] == 2 and sizes[-1] == 1  # the short text converged and left
@@ -166,14 +166,14 @@ def test_nonfinite_loss_fails_only_that_row(llama, monkeypatch):
 
 
 def test_out_of_memory_splits_the_batch(llama, monkeypatch):
-    forward = llama.model.forward
+    forward = llama.model.base_model.forward
 
     def small_memory(*a, **k):
         if k["inputs_embeds"].shape[0] > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return forward(*a, **k)
 
-    monkeypatch.setattr(llama.model, "forward", small_memory)
+    monkeypatch.setattr(llama.model.base_model, "forward", small_memory)
     fit = pt.fit(llama, ["Hi", "Yo", "Ok"], recipe=TINY_RECIPE)
     assert [r.accuracy for r in fit.rows] == [1.0, 1.0, 1.0]
 
@@ -182,7 +182,7 @@ def test_out_of_memory_on_one_shared_unit_is_a_clear_error(llama, monkeypatch):
     def no_memory(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(llama.model, "forward", no_memory)
+    monkeypatch.setattr(llama.model.base_model, "forward", no_memory)
     with pytest.raises(pt.PrototokensError, match="out of memory"):
         pt.fit(llama, ["Hi", "Yo"], share_m=0, recipe=TINY_RECIPE)
 
@@ -208,3 +208,20 @@ def test_lr_schedules():
 def test_bad_recipe_values(bad):
     with pytest.raises(pt.PrototokensError):
         pt.get_recipe("paper", **bad)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 10_000])
+def test_chunked_losses_equal_full_logits(tiny_lm, chunk_tokens):
+    from prototokens.engine import chunked_token_losses, forward_hidden, forward_logits, token_losses
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 9, tiny_lm.hidden_size, requires_grad=True)
+    targets = torch.randint(0, 200, (3, 9))
+    targets[1, 5:] = -100
+    full_loss, full_correct = token_losses(forward_logits(tiny_lm, x), targets)
+    (gx_full,) = torch.autograd.grad(full_loss.sum(), x)
+    loss, correct = chunked_token_losses(tiny_lm, forward_hidden(tiny_lm, x), targets, chunk_tokens=chunk_tokens)
+    (gx,) = torch.autograd.grad(loss.sum(), x)
+    assert torch.allclose(loss, full_loss, atol=1e-5)
+    assert torch.equal(correct, full_correct)
+    assert torch.allclose(gx, gx_full, atol=1e-5)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from .arrangements import Arrangement, E, M, get_arrangement
@@ -105,7 +107,10 @@ def _problem(rows: list[RowResult], arr: Arrangement, device: torch.device) -> _
         length = arr.length(r.n_tokens)
         slots[i, :length] = torch.tensor(arr.slots(r.n_tokens))
         targets[i, arr.n_skip:length] = torch.tensor(r.token_ids)
-    n = torch.tensor([float(r.n_tokens) for r in rows])
+    # one extra inert row (nothing trained) pads a batch up to its compiled bucket size
+    slots = torch.cat([slots, torch.full((1, width), E, dtype=torch.long)])
+    targets = torch.cat([targets, torch.full((1, width), -100, dtype=torch.long)])
+    n = torch.tensor([float(r.n_tokens) for r in rows] + [1.0])
     return _Problem(slots.to(device), targets.to(device), n.to(device))
 
 
@@ -118,12 +123,61 @@ def forward_logits(lm: FrozenLM, inputs: torch.Tensor) -> torch.Tensor:
     return lm.model(inputs_embeds=inputs.to(lm.dtype), use_cache=False).logits
 
 
-def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_losses(logits: torch.Tensor, targets: torch.Tensor,
+                 softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position cross-entropy (R, L) and correctness (R, L) against `targets` (-100 = ignore)."""
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+    logits = logits.float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
                            reduction="none").view(targets.shape)
-    correct = logits.argmax(-1) == targets
-    return loss, correct
+    return loss, logits.argmax(-1) == targets
+
+
+def _head_losses(h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return token_losses(F.linear(h, weight, bias), targets, softcap)
+
+
+def chunked_token_losses(lm: FrozenLM, hidden: torch.Tensor, targets: torch.Tensor,
+                         chunk_tokens: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_losses` of the LM head applied to `hidden` (R, L, d), a slice of positions at a time.
+
+    Each slice's logits (and their fp32 copy) exist only inside the slice: under autograd the
+    slice is checkpointed and its logits are recomputed in the backward pass, so the batch's
+    full (R, L, V) logits are never held in memory.
+    """
+    head = lm.model.get_output_embeddings()
+    softcap = getattr(lm.model.config, "final_logit_softcapping", None)
+    step = max(1, chunk_tokens // max(1, hidden.shape[0]))
+    losses, corrects = [], []
+    for s in range(0, hidden.shape[1], step):
+        args = (hidden[:, s:s + step], targets[:, s:s + step], head.weight, head.bias, softcap)
+        if torch.is_grad_enabled():
+            loss, correct = checkpoint(_head_losses, *args, use_reentrant=False)
+        else:
+            loss, correct = _head_losses(*args)
+        losses.append(loss)
+        corrects.append(correct)
+    return torch.cat(losses, 1), torch.cat(corrects, 1)
+
+
+def forward_hidden(lm: FrozenLM, inputs: torch.Tensor) -> torch.Tensor:
+    """Final hidden states (after the last norm), i.e. what the LM head reads."""
+    return lm.model.base_model(inputs_embeds=inputs.to(lm.dtype), use_cache=False).last_hidden_state
+
+
+def row_losses(lm: FrozenLM, E: torch.Tensor, M: torch.Tensor, e_loc: torch.Tensor, m_loc: torch.Tensor,
+               slots: torch.Tensor, targets: torch.Tensor, n_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy of each row (R,) and per-position correctness (R, L): one forward pass."""
+    inputs = assemble_inputs(E[e_loc], M[m_loc], slots)
+    loss, correct = chunked_token_losses(lm, forward_hidden(lm, inputs), targets)
+    return loss.sum(1) / n_tokens, correct
+
+
+def bucket(n: int) -> int:
+    """Batch sizes a captured step is compiled for: powers of two, so shrinking batches reuse graphs."""
+    return 1 << max(0, (n - 1).bit_length())
 
 
 def _slice_adam(opt: torch.optim.Optimizer, old: torch.nn.Parameter, new: torch.nn.Parameter,
@@ -137,8 +191,11 @@ class _Run:
     """Optimises one set of rows (global e/m/unit ids given) until every unit has stopped."""
 
     def __init__(self, lm: FrozenLM, rows: list[RowResult], units: list[int], e0: torch.Tensor,
-                 m0: torch.Tensor, arr: Arrangement, recipe: Recipe, check_every: int, bar: tqdm | None):
+                 m0: torch.Tensor, arr: Arrangement, recipe: Recipe, check_every: int, bar: tqdm | None,
+                 loss_fn=row_losses):
         self.lm, self.rows, self.arr, self.recipe, self.bar = lm, rows, arr, recipe, bar
+        self.loss_fn = loss_fn
+        self.pad_to_bucket = loss_fn is not row_losses
         dev = lm.device
         self.check_every = check_every
         self.prob = _problem(rows, arr, dev)
@@ -150,7 +207,7 @@ class _Run:
         self.best_acc = torch.full((n_units,), -1.0, device=dev)
         self.best_step = torch.zeros(n_units, dtype=torch.long, device=dev)
         self.bad = torch.zeros(n_units, dtype=torch.bool, device=dev)
-        self.best_correct = torch.zeros_like(self.prob.targets, dtype=torch.bool)
+        self.best_correct = torch.zeros_like(self.prob.targets[:len(rows)], dtype=torch.bool)
         self.best_loss = torch.full((len(rows),), float("nan"), device=dev)
         self.unit_size = torch.zeros(n_units, device=dev).index_add_(0, self.row_unit, torch.ones(len(rows), device=dev))
         self.status = ["max_steps"] * n_units
@@ -172,13 +229,18 @@ class _Run:
         rows = self.active
         e_loc = self._local(self.row_e[rows], self.e_ids)
         m_loc = self._local(self.row_m[rows], self.m_ids)
-        inputs = assemble_inputs(self.E[e_loc], self.M[m_loc], self.prob.slots[rows])
+        batch = rows
+        if self.pad_to_bucket and bucket(len(rows)) > len(rows):
+            extra = bucket(len(rows)) - len(rows)
+            batch = torch.cat([rows, rows.new_full((extra,), len(self.rows))])  # the inert row
+            e_loc = torch.cat([e_loc, e_loc.new_zeros(extra)])
+            m_loc = torch.cat([m_loc, m_loc.new_zeros(extra)])
         with torch.set_grad_enabled(update):
-            logits = forward_logits(self.lm, inputs)
-            loss, correct = token_losses(logits, self.prob.targets[rows])
-            n = self.prob.n_tokens[rows]
-            row_loss = loss.sum(1) / n
+            row_loss, correct = self.loss_fn(self.lm, self.E, self.M, e_loc, m_loc, self.prob.slots[batch],
+                                             self.prob.targets[batch], self.prob.n_tokens[batch])
+            row_loss, correct = row_loss[:len(rows)], correct[:len(rows)]
             finite = torch.isfinite(row_loss)
+        n = self.prob.n_tokens[rows]
         acc = correct.sum(1) / n
         units = self.row_unit[rows]
         size = self.unit_size
@@ -266,6 +328,17 @@ class _Run:
             r.status = self.status[u]
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_row_losses(lm: FrozenLM):
+    """`row_losses` captured by torch.compile for `lm` (CUDA graphs on a GPU), cached per model."""
+    if lm.model not in _COMPILED:
+        mode = "reduce-overhead" if lm.device.type == "cuda" else None
+        _COMPILED[lm.model] = torch.compile(row_losses, mode=mode, dynamic=False)
+    return _COMPILED[lm.model]
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -274,12 +347,14 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
                   arrangement: str | Arrangement = "e-m", recipe: str | Recipe | None = None,
                   share_e: int = 1, share_m: int = 1, max_batch: int | None = None,
                   check_every: int | None = None, progress: bool = False,
-                  texts: list[str] | None = None) -> ProtoTokens:
+                  texts: list[str] | None = None, compile: bool = False) -> ProtoTokens:
     """Fit proto-tokens for every (text, seed) pair; rows are ordered text-major, seed-minor.
 
     share_e / share_m: rows per group sharing one e / m (1 = own vector, 0 = all rows share one).
     max_batch: at most this many rows optimised at once (whole sharing units are never split).
     check_every: steps between reads of the stop bookkeeping (default 1 on CPU, 10 on GPU).
+    compile: capture the forward/backward with torch.compile (CUDA graphs on a GPU), one graph
+        per power-of-two batch size.
     """
     arr = get_arrangement(arrangement)
     recipe = get_recipe(recipe)
@@ -323,7 +398,8 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
             return
         sub = [rows[r] for r in idx]
         local_units = [unit_set.index(units[r]) for r in idx]
-        run = _Run(lm, sub, local_units, best_e, best_m, arr, recipe, check_every, bar if progress else None)
+        run = _Run(lm, sub, local_units, best_e, best_m, arr, recipe, check_every, bar if progress else None,
+                   loss_fn=compiled_row_losses(lm) if compile else row_losses)
         try:
             run.run()
         except (torch.OutOfMemoryError, RuntimeError) as e:

@@ -61,7 +61,8 @@ def _config(arch: str, vocab: int, bos: int, eos: int, pad: int) -> PretrainedCo
     if arch == "gemma3":
         return Gemma3TextConfig(hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
                                 num_attention_heads=HEADS, num_key_value_heads=1, head_dim=16,
-                                max_position_embeddings=POSITIONS, sliding_window=64, **ids)
+                                max_position_embeddings=POSITIONS, sliding_window=64,
+                                final_logit_softcapping=30.0, **ids)  # exercises soft-capping
     if arch == "gemma":
         return GemmaConfig(hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
                            num_attention_heads=HEADS, num_key_value_heads=1, head_dim=16,
