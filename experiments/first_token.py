@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--variants", nargs="+", help="run only the variants whose name starts with one of these")
     ap.add_argument("--json")
     args = ap.parse_args()
     lm = pt.load_model(args.model, device=args.device)
@@ -66,6 +67,8 @@ def main() -> None:
     print("\n| recipe | text | N | accuracy | steps | status | correct positions |")
     print("|---|---|---|---|---|---|---|")
     for name, changes in VARIANTS:
+        if args.variants and not any(name.startswith(v) for v in args.variants):
+            continue
         rec = pt.get_recipe("paper", max_steps=args.steps, **changes)
         t = time.perf_counter()
         fit = pt.fit(lm, SENTENCES, arrangement="e-m", recipe=rec)
