@@ -131,3 +131,18 @@ def test_h_lm_is_batch_independent(llama):
     together = pt.lm_cross_entropy(llama, [a, b])
     alone = pt.lm_cross_entropy(llama, [a]) + pt.lm_cross_entropy(llama, [b])
     assert together == pytest.approx(alone, rel=1e-4)
+
+
+def test_bundled_checks_are_cached_and_invalidated_by_new_weights(tmp_path, monkeypatch):
+    from prototokens import loading
+
+    monkeypatch.setenv("PROTOTOKENS_CACHE", str(tmp_path))
+    d = bundled.model_dir("smollm2-135m")
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"x" * 10)
+    assert loading._cached_checks("smollm2-135m") is None
+    loading._store_checks("smollm2-135m", "abc")
+    assert loading._cached_checks("smollm2-135m") == "abc"
+    (d / "model.safetensors").write_bytes(b"y" * 11)  # new weights: the stored checks no longer apply
+    assert loading._cached_checks("smollm2-135m") is None
+    assert loading._cached_checks("tiny-random-llama") is None

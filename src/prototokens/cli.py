@@ -168,6 +168,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if got == ids or not args.strict else 1
 
 
+def _run_sweep(cfg, args: argparse.Namespace) -> int:
+    from .sweep import Sweep, init_distributed
+
+    init_distributed()
+    run_dir = Path(args.run or Path("runs") / cfg.name)
+    counts = Sweep(cfg, run_dir).run(progress=not args.quiet)
+    _emit(args, {"run": str(run_dir), **counts},
+          f"{cfg.name}: {counts['units_run']} unit(s) fitted, {counts['units_skipped']} already done, "
+          f"{counts['rows_added']} row(s) added; results in {run_dir}/results.sqlite")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SweepConfig
+
+    changes = {"device": args.device, "dtype": args.dtype}
+    return _run_sweep(SweepConfig.from_toml(args.config, **changes), args)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from . import experiments
+
+    if args.list:
+        for name in experiments.names():
+            print(name)
+        return 0
+    if not args.name:
+        raise PrototokensError("name an experiment (see --list)")
+    cfg = experiments.load(args.name, args.scale)
+    if args.device or args.dtype:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, device=args.device or cfg.device, dtype=args.dtype or cfg.dtype)
+    return _run_sweep(cfg, args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(args.run)
+    print(f"wrote {out}")
+    return 0
+
+
 EXAMPLES = {
     "fit": """
         examples:
@@ -189,6 +233,22 @@ EXAMPLES = {
         examples:
           prototokens models
           prototokens models --json
+    """,
+    "sweep": """
+        examples:
+          prototokens sweep my-sweep.toml --run runs/my-sweep
+          torchrun --nproc_per_node 4 -m prototokens.cli sweep my-sweep.toml --run runs/my-sweep
+    """,
+    "experiment": """
+        examples:
+          prototokens experiment --list
+          prototokens experiment table1 --run runs/table1
+          prototokens experiment table3 --scale cpu --run runs/table3-cpu
+    """,
+    "report": """
+        examples:
+          prototokens report runs            # every run directory under runs/
+          prototokens report runs/table1
     """,
     "demo": """
         examples:
@@ -261,6 +321,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "models", "list the built-in model names and whether they are cached")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = _sub(subs, "sweep", "run (or resume) a sweep config into a run directory")
+    p.add_argument("config", help="a TOML sweep config (see docs/experiments.md)")
+    p.add_argument("--run", help="run directory (default: runs/NAME)")
+    p.add_argument("--device", help="override the config's device")
+    p.add_argument("--dtype", help="override the config's dtype")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sweep)
+
+    p = _sub(subs, "experiment", "run (or resume) one of the paper's registered experiments")
+    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the registered experiments")
+    p.add_argument("--scale", default="full", choices=["full", "cpu"], help="full (paper scale) or cpu (scaled down)")
+    p.add_argument("--run", help="run directory (default: runs/NAME)")
+    p.add_argument("--device")
+    p.add_argument("--dtype")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_experiment)
+
+    p = _sub(subs, "report", "write a Markdown report with figures from run directories")
+    p.add_argument("run", help="a run directory, or a directory of run directories")
+    p.set_defaults(func=cmd_report)
 
     p = _sub(subs, "demo", "fit a sample text, decode it in one pass, and say what happened")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default: {DEFAULT_MODEL})")

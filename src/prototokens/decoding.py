@@ -8,19 +8,13 @@ from .arrangements import get_arrangement
 from .artefacts import ProtoTokens
 from .engine import assemble_inputs, forward_logits
 from .errors import PrototokensError
-from .loading import FrozenLM
+from .loading import FrozenLM, check_model
 from .metrics import lm_cross_entropy, nats_to_bits
 
 
 def check_compatible(lm: FrozenLM, pt: ProtoTokens) -> None:
     """Refuse to use proto-tokens with a model other than the one they were fitted on."""
-    if pt.fingerprint != lm.fingerprint:
-        raise PrototokensError(
-            f"these proto-tokens were fitted on {pt.model_name!r} (fingerprint {pt.fingerprint}); "
-            f"the loaded model {lm.name!r} has fingerprint {lm.fingerprint}. Load {pt.model_name!r} to decode them."
-        )
-    if pt.e.shape[1] != lm.hidden_size:
-        raise PrototokensError(f"proto-tokens have width {pt.e.shape[1]}, the model {lm.hidden_size}")
+    check_model(lm, pt.model_name, pt.fingerprint, pt.e.shape[1], what="proto-tokens")
 
 
 @torch.no_grad()

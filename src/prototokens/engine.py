@@ -192,8 +192,9 @@ class _Run:
 
     def __init__(self, lm: FrozenLM, rows: list[RowResult], units: list[int], e0: torch.Tensor,
                  m0: torch.Tensor, arr: Arrangement, recipe: Recipe, check_every: int, bar: tqdm | None,
-                 loss_fn=row_losses):
+                 loss_fn=row_losses, distributed: bool = False):
         self.lm, self.rows, self.arr, self.recipe, self.bar = lm, rows, arr, recipe, bar
+        self.distributed = distributed  # one unit spread over all ranks: its m gradient is all-reduced
         self.loss_fn = loss_fn
         self.pad_to_bucket = loss_fn is not row_losses
         dev = lm.device
@@ -210,6 +211,9 @@ class _Run:
         self.best_correct = torch.zeros_like(self.prob.targets[:len(rows)], dtype=torch.bool)
         self.best_loss = torch.full((len(rows),), float("nan"), device=dev)
         self.unit_size = torch.zeros(n_units, device=dev).index_add_(0, self.row_unit, torch.ones(len(rows), device=dev))
+        if distributed:
+            torch.distributed.all_reduce(self.unit_size)
+            torch.distributed.broadcast(self.best_m, src=0)  # one m, the same start on every rank
         self.status = ["max_steps"] * n_units
         self.active = torch.arange(len(rows), device=dev)
         self.e_ids = torch.unique(self.row_e)  # global ids of the active e / m vectors
@@ -244,8 +248,12 @@ class _Run:
         acc = correct.sum(1) / n
         units = self.row_unit[rows]
         size = self.unit_size
-        unit_acc = torch.zeros_like(self.best_acc).index_add_(0, units, acc.detach()) / size.clamp(min=1)
+        acc_sum = torch.zeros_like(self.best_acc).index_add_(0, units, acc.detach())
         n_bad = torch.zeros_like(self.best_acc).index_add_(0, units, (~finite).float())
+        if self.distributed:  # the unit's rows live on every rank: reduce its sums and sizes
+            torch.distributed.all_reduce(acc_sum)
+            torch.distributed.all_reduce(n_bad)
+        unit_acc = acc_sum / size.clamp(min=1)
         self.bad |= n_bad > 0
         live = torch.zeros_like(self.bad)
         live[units] = True
@@ -269,6 +277,8 @@ class _Run:
             g["lr"] = self.recipe.lr_at(step)
         self.opt.zero_grad(set_to_none=True)
         torch.where(finite, row_loss, torch.zeros_like(row_loss)).sum().backward()
+        if self.distributed and self.M.grad is not None:
+            torch.distributed.all_reduce(self.M.grad)  # sum over every rank's texts, as in one process
         for p in (self.E, self.M):
             if p.grad is not None:
                 torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
@@ -306,16 +316,7 @@ class _Run:
         return len(self.active) > 0
 
     def run(self) -> None:
-        max_steps = self.recipe.max_steps
-        if self.bar is not None:
-            self.bar.reset(total=max_steps + 1)
-        for step in range(max_steps + 1):
-            self.step(step, update=step < max_steps)
-            if self.bar is not None:
-                self.bar.update(1)
-            if step == max_steps or (step + 1) % self.check_every == 0:
-                if not self.finish_units(step, final=step == max_steps):
-                    break
+        step_loop(self.step, self.finish_units, self.recipe.max_steps, self.check_every, self.bar)
         for i, r in enumerate(self.rows):
             u = int(self.row_unit[i])
             length = self.arr.length(r.n_tokens)
@@ -339,6 +340,22 @@ def compiled_row_losses(lm: FrozenLM):
     return _COMPILED[lm.model]
 
 
+def step_loop(step, finish, max_steps: int, check_every: int, bar: tqdm | None) -> None:
+    """Steps 0..max_steps (the last only evaluates), retiring finished rows every `check_every` steps.
+
+    step(i, update) evaluates the current state (and updates it unless `update` is False);
+    finish(i, final) retires stopped rows and returns whether any is still active.
+    """
+    if bar is not None:
+        bar.reset(total=max_steps + 1)
+    for i in range(max_steps + 1):
+        step(i, update=i < max_steps)
+        if bar is not None:
+            bar.update(1)
+        if (i == max_steps or (i + 1) % check_every == 0) and not finish(i, final=i == max_steps):
+            break
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -347,7 +364,8 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
                   arrangement: str | Arrangement = "e-m", recipe: str | Recipe | None = None,
                   share_e: int = 1, share_m: int = 1, max_batch: int | None = None,
                   check_every: int | None = None, progress: bool = False,
-                  texts: list[str] | None = None, compile: bool = False) -> ProtoTokens:
+                  texts: list[str] | None = None, compile: bool = False,
+                  distributed: bool = False) -> ProtoTokens:
     """Fit proto-tokens for every (text, seed) pair; rows are ordered text-major, seed-minor.
 
     share_e / share_m: rows per group sharing one e / m (1 = own vector, 0 = all rows share one).
@@ -355,6 +373,9 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
     check_every: steps between reads of the stop bookkeeping (default 1 on CPU, 10 on GPU).
     compile: capture the forward/backward with torch.compile (CUDA graphs on a GPU), one graph
         per power-of-two batch size.
+    distributed: this rank's share of texts that share ONE m with the other ranks' texts
+        (share_m=0, share_e=1, torch.distributed initialised): m starts from rank 0's, its
+        gradient is summed over ranks and the stop decision is global, as in a single process.
     """
     arr = get_arrangement(arrangement)
     recipe = get_recipe(recipe)
@@ -370,6 +391,12 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
         if limit is not None and arr.length(len(ids)) > limit:
             raise PrototokensError(f"text {i} needs {arr.length(len(ids))} positions ({len(ids)} tokens, "
                                    f"arrangement {arr.notation}) but {lm.name} has only {limit}")
+    if distributed:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise PrototokensError("distributed=True needs an initialised torch.distributed process group")
+        if share_m != 0 or share_e != 1 or len(seed_list) != 1:
+            raise PrototokensError("distributed fitting shares one m over all ranks: use share_m=0, share_e=1, one seed")
+        max_batch = None
     pairs = [(t, s) for t in range(len(token_ids)) for s in seed_list]
     e_of = group_ids(len(pairs), share_e)
     m_of = group_ids(len(pairs), share_m)
@@ -399,7 +426,7 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
         sub = [rows[r] for r in idx]
         local_units = [unit_set.index(units[r]) for r in idx]
         run = _Run(lm, sub, local_units, best_e, best_m, arr, recipe, check_every, bar if progress else None,
-                   loss_fn=compiled_row_losses(lm) if compile else row_losses)
+                   loss_fn=compiled_row_losses(lm) if compile else row_losses, distributed=distributed)
         try:
             run.run()
         except (torch.OutOfMemoryError, RuntimeError) as e:
@@ -408,7 +435,7 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
             del run
             if lm.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if len(unit_set) == 1:
+            if len(unit_set) == 1 or distributed:
                 raise PrototokensError(f"out of memory even for a single sharing unit of {len(idx)} rows") from None
             half = len(unit_set) // 2
             solve(unit_set[:half])

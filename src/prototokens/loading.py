@@ -7,6 +7,7 @@ tokenizer, a fingerprint of its weights and tokenizer, and a checked causal atte
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import warnings
@@ -180,6 +181,17 @@ def fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> s
     return h.hexdigest()[:16]
 
 
+def check_model(lm: FrozenLM, model_name: str, fingerprint: str, width: int, what: str = "memory vectors") -> None:
+    """Refuse to use vectors with a model other than the one they were fitted on."""
+    if fingerprint != lm.fingerprint:
+        raise PrototokensError(
+            f"these {what} were fitted on {model_name!r} (fingerprint {fingerprint}); "
+            f"the loaded model {lm.name!r} has fingerprint {lm.fingerprint}. Load {model_name!r} to decode them."
+        )
+    if width != lm.hidden_size:
+        raise PrototokensError(f"{what} have width {width}, the model {lm.hidden_size}")
+
+
 @torch.no_grad()
 def check_causal(model: PreTrainedModel) -> None:
     """Raise unless the output at position 0 ignores later inputs (a causal attention mask)."""
@@ -213,7 +225,43 @@ def load_model(name: str = bundled.DEFAULT_MODEL, device: str | None = "auto",
     model, tok = _raw_load(name)
     if getattr(model.config, "is_encoder_decoder", False):
         raise PrototokensError(f"{name} is an encoder-decoder model, not a causal language model")
-    fp = fingerprint(model, tok)
+    fp = _cached_checks(name)  # bundled models: checked once, when their cache was written
+    trusted = fp is not None
+    if not trusted:
+        fp = fingerprint(model, tok)
     model = freeze(model.to(device=dev, dtype=dt))
-    check_causal(model)
+    if not trusted:
+        check_causal(model)
+        _store_checks(name, fp)
     return FrozenLM(name=name, model=model, tokenizer=tok, fingerprint=fp)
+
+
+def _weights_stamp(name: str) -> str | None:
+    if name not in bundled.BUNDLED:
+        return None
+    weights = bundled.model_dir(name) / "model.safetensors"
+    if not weights.exists():
+        return None
+    st = weights.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _cached_checks(name: str) -> str | None:
+    """The fingerprint of a bundled model whose checks are cached and match its weights file."""
+    stamp = _weights_stamp(name)
+    path = bundled.model_dir(name) / "checks.json"
+    if stamp is None or not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("fingerprint") if saved.get("stamp") == stamp and saved.get("causal") else None
+
+
+def _store_checks(name: str, fp: str) -> None:
+    """Remember a bundled model's fingerprint and causality, so later loads skip both (under a second)."""
+    stamp = _weights_stamp(name)
+    if stamp is not None:
+        (bundled.model_dir(name) / "checks.json").write_text(json.dumps({"stamp": stamp, "fingerprint": fp,
+                                                                        "causal": True}))

@@ -1,0 +1,411 @@
+"""The autoregressive baseline of Kuratov et al. 2025 ("Cramming 1568 tokens into a single vector").
+
+K trainable [mem] vectors are prepended to the text, and only they are trained, with the
+ordinary teacher-forced causal-LM loss of the frozen model::
+
+    inputs   [mem_1 .. mem_K, t_1 .. t_{N-1}]       (token embeddings in the model's dtype)
+    targets        t_1 at mem_K, t_2 at t_1, ..., t_N at t_{N-1}
+
+The text is then read back by greedy autoregressive decoding from the mem vectors alone.
+
+Each row (a text and a seed) has its own (K, d) fp32 mem vectors, initialised like the engine's
+vectors (`recipe.init` / `init_scale`, from a generator seeded by the text's token ids, the seed
+and the vector's index), so a row starts the same alone or in a batch. The batch loss is the sum
+over rows of each row's mean token cross-entropy: rows are independent, and a row follows the
+same trajectory alone or in a batch. Texts of different lengths share a batch by right padding
+(causal mask: real positions never see the padding). A row stops at `recipe.stop_accuracy`
+teacher-forced token accuracy (100% by default), when `recipe.patience` runs out, at the step
+limit, or on a non-finite loss (that row fails, the others go on); its best state is kept and
+it leaves the batch.
+
+The default recipe (`paper`: AdamW lr 0.01, betas (0.9, 0.9), weight decay 0.01, 5000 steps,
+stop at 100%) is also Kuratov et al.'s setup, except that they also stop a text after 2000
+steps without improvement: pass ``recipe=get_recipe("paper", patience=KURATOV_PATIENCE)`` for that.
+
+Metrics (`evaluate_memory`): greedy-decoded accuracy and exactness, teacher-forced accuracy,
+H_LM (`metrics.lm_cross_entropy`), the text's total cross-entropy given the mem vectors, and
+their difference, the information gain (Kuratov et al.'s C_H) in nats.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from . import __version__
+from .artefacts import FORMAT as PROTO_FORMAT
+from .engine import _is_oom, _slice_adam, chunked_token_losses, forward_hidden, init_vectors, step_loop
+from .errors import PrototokensError
+from .loading import FrozenLM, check_model
+from .metrics import lm_cross_entropy, nats_to_bits
+from .recipes import Recipe, get_recipe
+
+FORMAT = "prototokens-memory/1"
+KURATOV_PATIENCE = 2000  # Kuratov et al. stop a text after 2000 steps without improvement
+
+
+@dataclass
+class MemoryRow:
+    """One fitted row: a text (as token ids) and a seed, with its teacher-forced metrics at the best state."""
+
+    token_ids: list[int]
+    seed: int
+    accuracy: float = 0.0
+    correct: list[bool] = field(default_factory=list)
+    steps: int = 0
+    loss: float = float("nan")
+    status: str = "pending"
+    text: str | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d["n_tokens"] = self.n_tokens
+        d["correct"] = "".join("1" if c else "0" for c in self.correct)
+        return d
+
+
+@dataclass
+class MemoryFit:
+    """The result of `fit_memory`: mem vectors (R, K, d) fp32 on the CPU and one MemoryRow per row."""
+
+    mem: torch.Tensor
+    rows: list[MemoryRow]
+    model_name: str
+    fingerprint: str
+    recipe: dict
+    seconds: float = 0.0
+    version: str = __version__
+
+    @property
+    def n_mem(self) -> int:
+        return self.mem.shape[1]
+
+    def best_row(self) -> int:
+        """Index of the most accurate row (the first on ties)."""
+        return max(range(len(self.rows)), key=lambda i: (self.rows[i].accuracy, -i))
+
+    def header(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": self.version,
+            "model": self.model_name,
+            "fingerprint": self.fingerprint,
+            "n_mem": self.n_mem,
+            "recipe": self.recipe,
+            "seconds": self.seconds,
+            "rows": [r.summary() for r in self.rows],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fit as safetensors (`mem`, `target_ids`); the JSON header sits in the file's metadata."""
+        path = Path(path)
+        if path.parent and not path.parent.exists():
+            raise PrototokensError(f"output directory does not exist: {path.parent}")
+        width = max(r.n_tokens for r in self.rows)
+        ids = torch.full((len(self.rows), width), -1, dtype=torch.long)
+        for i, r in enumerate(self.rows):
+            ids[i, :r.n_tokens] = torch.tensor(r.token_ids, dtype=torch.long)
+        tensors = {"mem": self.mem.detach().float().cpu().contiguous(), "target_ids": ids}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"prototokens": json.dumps(self.header())})
+        tmp.replace(path)  # never leave a half-written file under the final name
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> MemoryFit:
+        """Read a file written by `save`; a clear error for anything else."""
+        path = Path(path)
+        if not path.is_file():
+            raise PrototokensError(f"no such file: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise PrototokensError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        if "prototokens" not in meta:
+            raise PrototokensError(f"{path} is a safetensors file but not a prototokens memory fit")
+        try:
+            head = json.loads(meta["prototokens"])
+            if head.get("format") == PROTO_FORMAT:
+                raise PrototokensError(f"{path} holds proto-tokens, not memory vectors (load it with ProtoTokens.load)")
+            if head.get("format") != FORMAT:
+                raise PrototokensError(f"{path} has unsupported format {head.get('format')!r}")
+            mem = tensors["mem"]
+            if mem.dim() != 3 or len(mem) != len(head["rows"]):
+                raise PrototokensError(f"{path} is corrupt: mem has shape {tuple(mem.shape)} "
+                                       f"for {len(head['rows'])} row(s)")
+            rows = []
+            for i, r in enumerate(head["rows"]):
+                ids = tensors["target_ids"][i, :r["n_tokens"]].tolist()
+                if ids != r["token_ids"]:
+                    raise PrototokensError(f"{path} is corrupt: target ids of row {i} disagree with its header")
+                rows.append(MemoryRow(
+                    token_ids=ids, seed=r["seed"], accuracy=r["accuracy"], correct=[c == "1" for c in r["correct"]],
+                    steps=r["steps"], loss=r["loss"], status=r["status"], text=r.get("text"),
+                ))
+            return cls(mem=mem, rows=rows, model_name=head["model"], fingerprint=head["fingerprint"],
+                       recipe=head["recipe"], seconds=head.get("seconds", 0.0), version=head["version"])
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise PrototokensError(f"{path} has a damaged prototokens header ({e})") from None
+
+
+@torch.no_grad()
+def _embed(lm: FrozenLM, token_ids: list[list[int]], width: int) -> torch.Tensor:
+    """(R, width, d) input embeddings of t_1..t_{N-1} of each text, right-padded (model dtype, on the device)."""
+    pad = lm.tokenizer.pad_token_id
+    ids = torch.full((len(token_ids), width), 0 if pad is None else int(pad), dtype=torch.long)
+    for i, t in enumerate(token_ids):
+        ids[i, :len(t) - 1] = torch.tensor(t[:-1], dtype=torch.long)
+    return lm.model.get_input_embeddings()(ids.to(lm.device)).to(lm.dtype)
+
+
+def _targets(token_ids: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, N_max) targets (-100 = padding) and (R,) float token counts."""
+    width = max(len(t) for t in token_ids)
+    targets = torch.full((len(token_ids), width), -100, dtype=torch.long)
+    for i, t in enumerate(token_ids):
+        targets[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+    n = torch.tensor([float(len(t)) for t in token_ids])
+    return targets.to(device), n.to(device)
+
+
+def mem_token_losses(lm: FrozenLM, mem: torch.Tensor, emb: torch.Tensor,
+                     targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy and correctness (R, N_max) of the targets given mem (R, K, d): one forward pass."""
+    k = mem.shape[1]
+    inputs = torch.cat([mem.to(lm.dtype), emb], dim=1)
+    hidden = forward_hidden(lm, inputs)[:, k - 1:]  # the outputs at mem_K, t_1, ..., t_{N-1}
+    return chunked_token_losses(lm, hidden, targets)
+
+
+class _MemRun:
+    """Optimises the mem vectors of a set of independent rows until every row has stopped."""
+
+    def __init__(self, lm: FrozenLM, token_ids: list[list[int]], mem0: torch.Tensor, recipe: Recipe,
+                 check_every: int, bar: tqdm | None):
+        self.lm, self.recipe, self.check_every, self.bar = lm, recipe, check_every, bar
+        dev = lm.device
+        n_rows = len(token_ids)
+        self.targets, self.n_tokens = _targets(token_ids, dev)
+        self.emb = _embed(lm, token_ids, self.targets.shape[1] - 1)
+        self.best_mem = mem0.to(dev).clone()
+        self.best_acc = torch.full((n_rows,), -1.0, device=dev)
+        self.best_step = torch.zeros(n_rows, dtype=torch.long, device=dev)
+        self.best_loss = torch.full((n_rows,), float("nan"), device=dev)
+        self.best_correct = torch.zeros_like(self.targets, dtype=torch.bool)
+        self.bad = torch.zeros(n_rows, dtype=torch.bool, device=dev)
+        self.status = ["max_steps"] * n_rows
+        self.active = torch.arange(n_rows, device=dev)
+        self.mem = torch.nn.Parameter(self.best_mem.clone())
+        self.opt = torch.optim.AdamW([self.mem], lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+
+    def step(self, step: int, update: bool) -> None:
+        rows = self.active
+        n = self.n_tokens[rows]
+        with torch.set_grad_enabled(update):
+            loss, correct = mem_token_losses(self.lm, self.mem, self.emb[rows], self.targets[rows])
+            row_loss = loss.sum(1) / n
+            finite = torch.isfinite(row_loss)
+        acc = correct.sum(1) / n
+        bad = self.bad[rows] | ~finite
+        self.bad[rows] = bad
+        improved = ~bad & (acc > self.best_acc[rows])
+        self.best_acc[rows] = torch.where(improved, acc, self.best_acc[rows])
+        self.best_step[rows] = torch.where(improved, torch.full_like(rows, step), self.best_step[rows])
+        self.best_loss[rows] = torch.where(improved, row_loss.detach(), self.best_loss[rows])
+        self.best_correct[rows] = torch.where(improved.unsqueeze(-1), correct, self.best_correct[rows])
+        self.best_mem[rows] = torch.where(improved.view(-1, 1, 1), self.mem.detach(), self.best_mem[rows])
+        if self.bar is not None and step % self.check_every == 0:
+            self.bar.set_postfix(rows=len(rows), acc=f"{acc.mean().item():.3f}", loss=f"{row_loss.mean().item():.3f}",
+                                 refresh=False)
+        if not update:
+            return
+        for g in self.opt.param_groups:
+            g["lr"] = self.recipe.lr_at(step)
+        self.opt.zero_grad(set_to_none=True)
+        torch.where(finite, row_loss, torch.zeros_like(row_loss)).sum().backward()
+        torch.nan_to_num_(self.mem.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        self.opt.step()
+
+    def finish_rows(self, step: int, final: bool) -> bool:
+        """Retire stopped rows and compact the batch; return whether any row is still active."""
+        done = self.bad | (self.best_acc >= self.recipe.stop_accuracy)
+        if self.recipe.patience is not None:
+            done |= (step - self.best_step) >= self.recipe.patience
+        if final:
+            done = torch.ones_like(done)
+        keep = ~done[self.active]
+        if bool(keep.all()):
+            return True
+        for r in self.active[~keep].tolist():
+            if bool(self.bad[r]):
+                self.status[r] = "failed: non-finite loss"
+            elif self.best_acc[r].item() >= self.recipe.stop_accuracy:
+                self.status[r] = "converged"
+            elif not final:
+                self.status[r] = "patience"
+        keep_idx = torch.nonzero(keep).squeeze(1)
+        self.active = self.active[keep_idx]
+        mem = torch.nn.Parameter(self.mem.detach()[keep_idx].clone())
+        _slice_adam(self.opt, self.mem, mem, keep_idx)
+        self.opt.param_groups[0]["params"] = [mem]
+        self.mem = mem
+        return len(self.active) > 0
+
+    def run(self, rows: list[MemoryRow]) -> None:
+        step_loop(self.step, self.finish_rows, self.recipe.max_steps, self.check_every, self.bar)
+        for i, r in enumerate(rows):
+            r.correct = [bool(c) for c in self.best_correct[i, :r.n_tokens].tolist()]
+            r.accuracy = sum(r.correct) / r.n_tokens
+            r.steps = int(self.best_step[i])
+            r.loss = float(self.best_loss[i])
+            r.status = self.status[i]
+
+
+def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seeds: int | list[int] = 1,
+               recipe: str | Recipe | None = None, max_batch: int | None = None, check_every: int | None = None,
+               progress: bool = False, texts: list[str] | None = None) -> MemoryFit:
+    """Fit K = `n_mem` [mem] vectors for every (text, seed) pair; rows are ordered text-major, seed-minor.
+
+    recipe: default `paper` (= Kuratov et al.'s optimiser; add ``patience=KURATOV_PATIENCE`` for their
+        early stop after 2000 steps without improvement).
+    max_batch: at most this many rows optimised at once (rows are independent; an out-of-memory
+        error also halves the batch).
+    check_every: steps between reads of the stop bookkeeping (default 1 on CPU, 10 on GPU).
+    """
+    recipe = get_recipe(recipe)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not token_ids:
+        raise PrototokensError("no texts to fit")
+    if not seed_list:
+        raise PrototokensError("at least one seed is needed")
+    if n_mem < 1:
+        raise PrototokensError(f"n_mem must be >= 1, got {n_mem}")
+    if max_batch is not None and max_batch < 1:
+        raise PrototokensError(f"max_batch must be >= 1, got {max_batch}")
+    limit = lm.max_positions
+    for i, ids in enumerate(token_ids):
+        if len(ids) == 0:
+            raise PrototokensError(f"text {i} tokenises to no tokens")
+        if limit is not None and n_mem + len(ids) - 1 > limit:
+            raise PrototokensError(f"text {i} needs {n_mem + len(ids) - 1} positions ({len(ids)} tokens after "
+                                   f"{n_mem} mem vectors) but {lm.name} has only {limit}")
+    pairs = [(t, s) for t in range(len(token_ids)) for s in seed_list]
+    keys = [(token_ids[t], s, f"mem{k}") for t, s in pairs for k in range(n_mem)]
+    mem = init_vectors(lm, keys, recipe).view(len(pairs), n_mem, lm.hidden_size)
+    rows = [MemoryRow(token_ids=list(token_ids[t]), seed=s, text=texts[t] if texts else None) for t, s in pairs]
+    if check_every is None:
+        check_every = 1 if lm.device.type == "cpu" else 10
+    start = time.perf_counter()
+    bar = tqdm(total=None, desc="fitting mem", unit="step", disable=not progress, leave=False, mininterval=0.5)
+
+    def solve(idx: list[int]) -> None:
+        if max_batch is not None and len(idx) > max_batch:
+            solve(idx[:len(idx) // 2])
+            solve(idx[len(idx) // 2:])
+            return
+        run = _MemRun(lm, [rows[i].token_ids for i in idx], mem[idx], recipe, check_every, bar if progress else None)
+        try:
+            run.run([rows[i] for i in idx])
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e):
+                raise
+            del run
+            if lm.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(idx) == 1:
+                raise PrototokensError("out of memory even for a single row") from None
+            solve(idx[:len(idx) // 2])
+            solve(idx[len(idx) // 2:])
+            return
+        mem[idx] = run.best_mem.float().cpu()
+
+    try:
+        solve(list(range(len(rows))))
+    finally:
+        bar.close()
+    return MemoryFit(mem=mem, rows=rows, model_name=lm.name, fingerprint=lm.fingerprint, recipe=recipe.to_dict(),
+                     seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def greedy_decode_batch(lm: FrozenLM, mem: torch.Tensor, n_tokens: int) -> list[list[int]]:
+    """Greedy autoregressive decoding (KV cache) of `n_tokens` tokens from each row of mem (R, K, d) alone.
+
+    Pure argmax at every step: no logits processors (an EOS is emitted if it is the argmax, and
+    counts as a wrong token), unlike `generate` with `min_new_tokens`, which would mask EOS out.
+    """
+    if n_tokens < 1:
+        return [[] for _ in range(len(mem))]
+    out = lm.model(inputs_embeds=mem.to(lm.device, lm.dtype), use_cache=True)
+    tok = out.logits[:, -1].argmax(-1)
+    toks = [tok]
+    for _ in range(n_tokens - 1):
+        out = lm.model(input_ids=tok[:, None], past_key_values=out.past_key_values, use_cache=True)
+        tok = out.logits[:, -1].argmax(-1)
+        toks.append(tok)
+    return torch.stack(toks, 1).tolist()
+
+
+def greedy_decode(lm: FrozenLM, mem: torch.Tensor, n_tokens: int) -> list[int]:
+    """Greedy autoregressive decoding of `n_tokens` tokens from the K mem vectors (K, d) alone."""
+    return greedy_decode_batch(lm, mem.view(1, -1, mem.shape[-1]), n_tokens)[0]
+
+
+def decode_memory(lm: FrozenLM, fit: MemoryFit, row: int | None = None) -> list[int]:
+    """Greedy-decode one row of a fit (default: its most accurate row) on `lm`, which must be the fit's model."""
+    check_model(lm, fit.model_name, fit.fingerprint, fit.mem.shape[-1])
+    row = fit.best_row() if row is None else row
+    if not 0 <= row < len(fit.rows):
+        raise PrototokensError(f"row {row} out of range: the fit has {len(fit.rows)} row(s)")
+    return greedy_decode(lm, fit.mem[row], fit.rows[row].n_tokens)
+
+
+@torch.no_grad()
+def evaluate_memory(lm: FrozenLM, fit: MemoryFit, rows: list[int] | None = None,
+                    batch_size: int = 16) -> list[dict]:
+    """Per row: greedy-decoded accuracy / exactness, teacher-forced accuracy, H_LM, CE given mem, information gain.
+
+    ce_with_mem_nats is the text's total teacher-forced cross-entropy given the mem vectors, and
+    info_gain_nats = h_lm_nats - ce_with_mem_nats (Kuratov et al.'s C_H), in nats.
+    """
+    check_model(lm, fit.model_name, fit.fingerprint, fit.mem.shape[-1])
+    rows = list(range(len(fit.rows))) if rows is None else list(rows)
+    for i in rows:
+        if not 0 <= i < len(fit.rows):
+            raise PrototokensError(f"row {i} out of range: the fit has {len(fit.rows)} row(s)")
+    h_lm = lm_cross_entropy(lm, [fit.rows[i].token_ids for i in rows], batch_size=batch_size)
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        ids = [fit.rows[i].token_ids for i in chunk]
+        targets, _ = _targets(ids, lm.device)
+        mem = fit.mem[chunk].to(lm.device)
+        loss, correct = mem_token_losses(lm, mem, _embed(lm, ids, targets.shape[1] - 1), targets)
+        ce = loss.sum(1).tolist()
+        tf_correct = correct.sum(1).tolist()
+        greedy = greedy_decode_batch(lm, mem, targets.shape[1])
+        for j, i in enumerate(chunk):
+            target = fit.rows[i].token_ids
+            got = greedy[j][:len(target)]
+            c = sum(a == b for a, b in zip(got, target, strict=True))
+            h = h_lm[start + j]
+            out.append({
+                "row": i, "seed": fit.rows[i].seed, "n_tokens": len(target), "n_mem": fit.n_mem,
+                "accuracy": c / len(target), "c_tokens": c, "exact": got == target,
+                "tf_accuracy": tf_correct[j] / len(target), "h_lm_nats": h, "h_lm_bits": nats_to_bits(h),
+                "ce_with_mem_nats": ce[j], "info_gain_nats": h - ce[j], "info_gain_bits": nats_to_bits(h - ce[j]),
+            })
+    return out

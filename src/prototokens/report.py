@@ -1,0 +1,234 @@
+"""`prototokens report RUN`: the paper's tables and figures from our own runs, beside the paper's numbers.
+
+RUN is a run directory (holding results.sqlite) or a directory of run directories. Each run is
+recognised by its experiment name (table1, table2-e, table2-m, table3, table4, fig3-mem1,
+fig3-mem2; a `-cpu` suffix marks a scaled-down run). Figure 4 (throughput) is computed from the
+Table 3 and Figure 3 runs. The report is written to RUN/report.md with PNGs under RUN/figures/.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .arrangements import get_arrangement  # noqa: E402
+from .errors import PrototokensError  # noqa: E402
+from .store import ResultStore  # noqa: E402
+
+PAPER_SOURCE = {"random": "random", "gutenberg": "pg19", "unseen": "fanfics", "generated": "pg19_gen"}
+
+
+def paper_tables() -> dict:
+    return json.loads(resources.files("prototokens").joinpath("reference/paper-tables.json").read_text())
+
+
+def _runs(root: Path) -> dict[str, list[dict]]:
+    dirs = [root] if (root / "results.sqlite").exists() else sorted(p.parent for p in root.glob("*/results.sqlite"))
+    if not dirs:
+        raise PrototokensError(f"no results.sqlite in {root} or its subdirectories")
+    out: dict[str, list[dict]] = defaultdict(list)
+    for d in dirs:
+        store = ResultStore(d, create=False)
+        for r in store.rows():
+            out[r["experiment"].removesuffix("-cpu")].append({**r, "cpu_scale": r["experiment"].endswith("-cpu")})
+        store.close()
+    return out
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _scale_note(rows: list[dict]) -> str:
+    models = sorted({r["model"] for r in rows})
+    devices = sorted({r["extra"].get("device", "?") for r in rows})
+    scale = "scaled-down CPU run" if any(r["cpu_scale"] for r in rows) else "full-scale run"
+    recipes = sorted({r["recipe"] for r in rows})
+    return (f"*{scale}; models: {', '.join(models)}; devices: {', '.join(devices)}; recipe: {', '.join(recipes)}; "
+            f"{len(rows)} fits.*")
+
+
+def capacities(rows: list[dict], success: float = 0.99) -> dict[tuple, dict[str, dict]]:
+    """Per (model, source, share_m, method) and text: the largest N reached (>= success) and its row."""
+    out: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        group = (r["model"], r["source"], r["share_m"], r["method"])
+        best = out[group].get(r["text_id"])
+        if r["accuracy"] >= success and (best is None or r["n"] > best["n"]):
+            out[group][r["text_id"]] = r
+        elif best is None:
+            out[group].setdefault(r["text_id"], None)
+    return out
+
+
+def section_table1(rows: list[dict], figs: Path, paper: dict) -> str:
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["arrangement"], r["n"])].append(r["accuracy"])
+    ns = sorted({r["n"] for r in rows})
+    arrs = [a for a in ["e", "e-then-m", "e-m-alt", "e-m-plus", "e-m"] if any(k[0] == a for k in by)]
+    ours = [[get_arrangement(a).notation] + [_ms(by[(a, n)]) for n in ns] for a in arrs]
+    p = paper["table1_arrangements"]
+    theirs = [[name] + [f"{m:.2f} ± {s:.2f}" for m, s in vals] for name, vals in p["rows"].items()]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for a in arrs:
+        ax.plot(ns, [statistics.fmean(by[(a, n)]) for n in ns], marker="o", label=get_arrangement(a).notation)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (target tokens)")
+    ax.set_ylabel("token accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("Table 1: arrangements")
+    fig.tight_layout()
+    fig.savefig(figs / "table1.png", dpi=120)
+    plt.close(fig)
+    return (f"## Table 1: input arrangements\n\n{_scale_note(rows)}\n\nOurs (token accuracy, mean ± std over texts):\n\n"
+            f"{_table(['arrangement'] + [f'N={n}' for n in ns], ours)}\n\nPaper ({p['setup']}):\n\n"
+            f"{_table(['arrangement'] + [f'N={n}' for n in p['columns_N']], theirs)}\n\n![table1](figures/table1.png)\n")
+
+
+def section_table2(kind: str, rows: list[dict], paper: dict) -> str:
+    key = "share_e" if kind == "e" else "share_m"
+    sizes = sorted({r[key] for r in rows})
+    body = []
+    for sg in sizes:
+        sub = [r for r in rows if r[key] == sg]
+        per_text = defaultdict(list)
+        for r in sub:
+            per_text[r["text_id"]].append(r["accuracy"])
+        best = [max(v) for v in per_text.values()]
+        body.append([sg, _ms(best), _ms([r["accuracy"] for r in sub]), len(per_text), len({r["seed"] for r in sub})])
+    p = paper["table2_sharing"]
+    ref = p[f"shared_{kind}"]
+    theirs = [[sg, f"{ref['max'][i][0]:.2f} ± {ref['max'][i][1]:.2f}", f"{ref['avg'][i][0]:.2f} ± {ref['avg'][i][1]:.2f}"]
+              for i, sg in enumerate(p["columns_Sg"])]
+    return (f"## Table 2: shared {kind} in groups of Sg texts\n\n{_scale_note(rows)} N = "
+            f"{', '.join(str(n) for n in sorted({r['n'] for r in rows}))}.\n\nOurs:\n\n"
+            f"{_table(['Sg', 'max (best seed per text)', 'avg (all seeds)', 'texts', 'seeds'], body)}\n\n"
+            f"Paper ({p['setup']}):\n\n{_table(['Sg', 'max', 'avg'], theirs)}\n")
+
+
+def section_table3(rows: list[dict], figs: Path, paper: dict) -> str:
+    caps = capacities(rows)
+    body, labels, data = [], [], []
+    for (model, source, share_m, _), texts in sorted(caps.items()):
+        reached = [r for r in texts.values() if r is not None]
+        c = [r["n"] if r else 0 for r in texts.values()]
+        h = [r["h_lm_nats"] for r in reached]
+        stats = f"{statistics.fmean(c):.1f} / {statistics.median(c):.0f} / {min(c)}–{max(c)}"
+        body.append([model, source, "all" if share_m == 0 else share_m, len(c), stats, _ms(h)])
+        labels.append(f"{model}\n{source}, m={'shared' if share_m == 0 else 'own'}")
+        data.append(c)
+    p = paper["table3_capacity"]
+    theirs = []
+    for i, model in enumerate(p["models"]):
+        for src, ref in p["C_tokens"].items():
+            h = p["H_LM"][src][i]
+            theirs.append([model, src, f"{ref[i][0]} / {ref[i][1]}", f"{h[0][0]:.0f} ± {h[0][1]:.0f} / {h[1][0]:.0f} ± {h[1][1]:.0f}"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(data)), 4))
+    ax.boxplot(data)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+    ax.set_ylabel("capacity (max N with accuracy >= 0.99)")
+    ax.set_title("Table 3: capacity per text")
+    fig.tight_layout()
+    fig.savefig(figs / "table3.png", dpi=120)
+    plt.close(fig)
+    return (f"## Table 3: capacity\n\n{_scale_note(rows)} Capacity = the largest N on the length grid "
+            f"reached with accuracy >= 0.99 (0 if none).\n\nOurs:\n\n"
+            f"{_table(['model', 'source', 'share m', 'texts', 'capacity mean / median / range', 'H_LM at capacity (nats)'], body)}"
+            f"\n\nPaper ({p['setup']}; sources: pg19 = Gutenberg, fanfics = unseen, pg19_gen = generated):\n\n"
+            f"{_table(['model', 'source', 'C_tokens (own m / shared m)', 'H_LM (own / shared)'], theirs)}\n\n"
+            f"![table3](figures/table3.png)\n")
+
+
+def section_table4(rows: list[dict], paper: dict) -> str:
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["model"], r["n"])].append(r["seconds"])
+    body = [[m, n, _ms(v), len(v)] for (m, n), v in sorted(by.items())]
+    p = paper["table4_training_seconds"]
+    theirs = [[m] + ["–" if v is None else v for v in p[m]] for m in p if m not in ("setup", "columns_N")]
+    return (f"## Table 4: fitting time per text\n\n{_scale_note(rows)}\n\nOurs (seconds per text):\n\n"
+            f"{_table(['model', 'N', 'seconds', 'texts'], body)}\n\nPaper ({p['setup']}):\n\n"
+            f"{_table(['model'] + [f'N={n}' for n in p['columns_N']], theirs)}\n")
+
+
+def section_fig3_fig4(one_step: list[dict], memory: list[dict], figs: Path, paper: dict) -> str:
+    groups = {**capacities([r for r in one_step if r["share_m"] == 1]), **capacities(memory)}
+    body, fig_rows, thr = [], [], defaultdict(list)
+    for (model, source, _, method), texts in sorted(groups.items()):
+        reached = [r for r in texts.values() if r is not None]
+        c = [r["n"] if r else 0 for r in texts.values()]
+        h = [r["h_lm_nats"] for r in reached]
+        body.append([model, source, method, f"{statistics.fmean(c):.1f}", _ms(h)])
+        fig_rows.append((f"{method}\n{source}", h))
+        for r in reached:
+            thr[(model, source, method)].append(r["n"] / r["extra"]["decode_seconds"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(fig_rows)), 4))
+    ax.boxplot([h or [0] for _, h in fig_rows])
+    ax.set_xticks(range(1, len(fig_rows) + 1), [lab for lab, _ in fig_rows], fontsize=7)
+    ax.set_ylabel("H_LM at capacity (nats)")
+    ax.set_title("Figure 3: one-step vs autoregressive [mem]")
+    fig.tight_layout()
+    fig.savefig(figs / "fig3.png", dpi=120)
+    plt.close(fig)
+    t_rows = []
+    for (model, source, method), v in sorted(thr.items()):
+        base = thr.get((model, source, "memory-1"))
+        ratio = f"{statistics.fmean(v) / statistics.fmean(base):.1f}x" if base and method == "one-step" else "–"
+        t_rows.append([model, source, method, f"{statistics.fmean(v):,.0f}", ratio])
+    ref = paper["autoregressive_baseline"]
+    return (f"## Figure 3: one-step vs the autoregressive [mem] baseline\n\n{_scale_note(one_step + memory)}\n\n"
+            f"{_table(['model', 'source', 'method', 'capacity (mean)', 'H_LM at capacity (nats)'], body)}\n\n"
+            f"Paper: Kuratov et al.'s 1-[mem] PG-19 capacities: "
+            f"{', '.join(f'{k} {v}' for k, v in ref['capacity_pg19_1mem'].items())}.\n\n![fig3](figures/fig3.png)\n\n"
+            f"## Figure 4: reconstruction throughput\n\nThroughput = capacity length / time to reconstruct that text "
+            f"(one forward pass, or greedy decoding with KV cache from [mem]), measured on the fitting device.\n\n"
+            f"{_table(['model', 'source', 'method', 'tokens/s', 'one-step / memory-1'], t_rows)}\n\n"
+            f"Paper: {paper['throughput']['claim']}.\n")
+
+
+def write_report(root: str | Path) -> Path:
+    """Write RUN/report.md (and RUN/figures/*.png) from every run under `root`."""
+    root = Path(root)
+    runs = _runs(root)
+    figs = root / "figures"
+    figs.mkdir(exist_ok=True)
+    paper = paper_tables()
+    parts = ["# prototokens report\n", f"Generated from the runs under `{root}`. Paper: {paper['source']}\n"]
+    if "table1" in runs:
+        parts.append(section_table1(runs["table1"], figs, paper))
+    for kind in ("e", "m"):
+        if f"table2-{kind}" in runs:
+            parts.append(section_table2(kind, runs[f"table2-{kind}"], paper))
+    if "table3" in runs:
+        parts.append(section_table3(runs["table3"], figs, paper))
+    if "table4" in runs:
+        parts.append(section_table4(runs["table4"], paper))
+    memory = runs.get("fig3-mem1", []) + runs.get("fig3-mem2", [])
+    if memory:
+        parts.append(section_fig3_fig4(runs.get("table3", []), memory, figs, paper))
+    known = {"table1", "table2-e", "table2-m", "table3", "table4", "fig3-mem1", "fig3-mem2"}
+    for name in sorted(set(runs) - known):
+        rows = runs[name]
+        parts.append(f"## Sweep {name}\n\n{_scale_note(rows)} Mean accuracy {_ms([r['accuracy'] for r in rows])}.\n")
+    out = root / "report.md"
+    out.write_text("\n".join(parts))
+    return out

@@ -1,0 +1,322 @@
+"""Sweeps: a declarative config expanded into fits, run resumably, optionally across ranks.
+
+A config (TOML) names models, text sources, lengths, arrangements, sharing, seeds and a recipe.
+It expands into *work units*, one fit call each: (model, source, N, arrangement, share_e,
+share_m, seed) over a batch of texts. Sharing groups are therefore always groups of texts, as in
+the paper's Table 2. Each finished unit commits its rows to the run's SQLite store.
+
+With `capacity = true` the lengths are a search: a text is fitted at a length only if it
+reached `success` accuracy (0.99) at every shorter one, so each text stops at its first failure.
+
+Under `torchrun`, units are sharded by rank (unit i goes to rank i % world). Capacity searches
+meet at a barrier after each length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import PrototokensError
+from .store import Record, ResultStore
+
+METHODS = ("one-step", "memory")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep. Every list is a grid axis; `texts` is the number of texts per source."""
+
+    name: str
+    method: str = "one-step"
+    models: tuple[str, ...] = ("smollm2-135m",)
+    sources: tuple[str, ...] = ("gutenberg",)
+    texts: int = 8
+    text_seed: int = 0
+    inline: tuple[str, ...] = ()  # texts given in the config itself (source "inline")
+    lengths: tuple[int, ...] = (32,)
+    arrangements: tuple[str, ...] = ("e-m",)
+    seeds: tuple[int, ...] = (0,)
+    share_e: tuple[int, ...] = (1,)
+    share_m: tuple[int, ...] = (1,)
+    recipe: str = "paper"
+    overrides: dict = field(default_factory=dict)
+    capacity: bool = False
+    success: float = 0.99
+    batch: int | None = None
+    n_mem: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise PrototokensError(f"unknown sweep setting(s): {', '.join(unknown)}")
+        if "name" not in d:
+            raise PrototokensError("a sweep config needs a name")
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        cfg = cls(**clean)
+        if cfg.method not in METHODS:
+            raise PrototokensError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
+        if any(n < 1 for n in cfg.lengths):
+            raise PrototokensError("lengths must be >= 1")
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **changes) -> SweepConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise PrototokensError(f"no such config file: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise PrototokensError(f"{path} is not valid TOML ({e})") from None
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def recipe_obj(self):
+        from .recipes import get_recipe
+
+        return get_recipe(self.recipe, **self.overrides)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One fit call: a batch of texts fitted together under one setting."""
+
+    model: str
+    source: str
+    n: int
+    arrangement: str
+    share_e: int
+    share_m: int
+    seed: int
+    text_ids: tuple[str, ...]
+
+    def key(self, cfg: SweepConfig) -> str:
+        return _digest([cfg.name, cfg.method, cfg.n_mem, self.model, self.source, self.n, self.arrangement,
+                        self.share_e, self.share_m, self.seed, cfg.recipe_obj().to_dict(), list(self.text_ids)])
+
+    def row_key(self, cfg: SweepConfig, text_id: str) -> str:
+        return _digest([cfg.name, cfg.method, cfg.n_mem, self.model, self.source, self.n, self.arrangement,
+                        self.share_e, self.share_m, self.seed, cfg.recipe_obj().to_dict(), text_id])
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _texts(cfg: SweepConfig, source: str, n: int) -> list[tuple[str, str]]:
+    """(text id, text) pairs of a source, in a fixed order (random texts are drawn per length N)."""
+    if source == "inline":
+        if not cfg.inline:
+            raise PrototokensError("source 'inline' needs an `inline` list of texts in the config")
+        return [(f"inline-{i}", t) for i, t in enumerate(cfg.inline)]
+    from .data import load_texts
+
+    extra = {"n_tokens": n} if source == "random" else {}
+    return [(t.id, t.text) for t in load_texts(source, cfg.texts, seed=cfg.text_seed, **extra)]
+
+
+def _batches(items: list, size: int | None, multiple: int) -> list[list]:
+    """Split into batches of at most `size`, each a whole number of sharing groups."""
+    if size is None or size >= len(items):
+        return [items]
+    size = max(multiple, size - size % multiple)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        torch.distributed.barrier()
+
+
+class Sweep:
+    """Runs a SweepConfig into a run directory; safe to rerun, kill and resume."""
+
+    def __init__(self, cfg: SweepConfig, run_dir: str | Path):
+        self.cfg = cfg
+        self.store = ResultStore(run_dir)
+        self._check_config(Path(run_dir) / "config.json")
+
+    def _check_config(self, path: Path) -> None:
+        mine = json.dumps(self.cfg.to_dict(), sort_keys=True, indent=1)
+        if path.exists():
+            theirs = path.read_text()
+            if json.loads(theirs) != json.loads(mine):
+                raise PrototokensError(f"{path.parent} holds results of a different sweep config; use another run dir")
+        elif _dist()[0] == 0:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(mine)
+            tmp.replace(path)
+
+    def run(self, progress: bool = True) -> dict:
+        """Fit every unit not yet in the store (this rank's share); return counts."""
+        from .loading import load_model
+
+        rank, world = _dist()
+        cfg, done = self.cfg, self.store.done_units()
+        counts = {"units_run": 0, "units_skipped": 0, "rows_added": 0}
+        for model_name in cfg.models:
+            lm = load_model(model_name, device=cfg.device, dtype=cfg.dtype)
+            for source in cfg.sources:
+                alive = None
+                for n in sorted(cfg.lengths):
+                    units = self._units(model_name, source, n, alive, lm)
+                    for i, (unit, payload) in enumerate(units):
+                        if world > 1 and self._spans_ranks(unit):
+                            added = self._shared_unit(lm, unit, payload, rank, world, progress)
+                            counts["units_run" if added else "units_skipped"] += 1
+                            counts["rows_added"] += added
+                            continue
+                        if i % world != rank:
+                            continue
+                        key = unit.key(cfg)
+                        if key in done:
+                            counts["units_skipped"] += 1
+                            continue
+                        counts["rows_added"] += self._fit_unit(lm, unit, key, payload, progress)
+                        counts["units_run"] += 1
+                    if cfg.capacity:
+                        _barrier()
+                        alive = self._survivors(model_name, source, n)
+        return counts
+
+    def _units(self, model: str, source: str, n: int, alive: set | None, lm):
+        """Work units at length n, each with its payload of (text id, token ids) pairs."""
+        from .data import generated_texts, prefix_tokens
+
+        cfg = self.cfg
+        if source == "generated":  # sampled by the model itself, at exactly n tokens
+            gen = generated_texts(lm, n, cfg.texts, seed=cfg.text_seed)
+            items = [(f"gen-{i}", ids) for i, (ids, _) in enumerate(gen)]
+        else:
+            items = [(tid, prefix_tokens(lm, text, n)) for tid, text in _texts(cfg, source, n)]
+        if alive is not None:
+            items = [it for it in items if it[0] in alive]
+        out = []
+        for arr in cfg.arrangements:
+            for se in cfg.share_e:
+                for sm in cfg.share_m:
+                    multiple = max(se, sm, 1)
+                    for seed in cfg.seeds:
+                        for batch in _batches(items, cfg.batch, multiple):
+                            unit = Unit(model, source, n, arr, se, sm, seed, tuple(t for t, _ in batch))
+                            out.append((unit, batch))
+        return out
+
+    def _spans_ranks(self, unit: Unit) -> bool:
+        """One m shared by all texts (own e): the unit's texts are split over the ranks."""
+        return self.cfg.method == "one-step" and unit.share_m == 0 and unit.share_e == 1
+
+    def _shared_unit(self, lm, unit: Unit, payload: list, rank: int, world: int, progress: bool) -> int:
+        """Fit this rank's share of a unit whose m is shared across ranks (every rank takes part); rows added."""
+        key = unit.key(self.cfg)
+        parts = [f"{key}-r{r}of{world}" for r in range(world)]
+        _barrier()  # every rank has committed its earlier parts: all see the same done set
+        if set(parts) <= self.store.done_units():
+            return 0
+        mine = payload[rank::world]
+        if not mine:
+            raise PrototokensError(f"{world} ranks but only {len(payload)} texts share one m: use fewer ranks")
+        return self._fit_unit(lm, unit, parts[rank], mine, progress, distributed=True)
+
+    def _survivors(self, model: str, source: str, n: int) -> set[str]:
+        """Texts that reached the success accuracy at length n, for every setting."""
+        rows = self.store.rows("model = ? AND source = ? AND n = ?", (model, source, n))
+        ok: dict[str, bool] = {}
+        for r in rows:
+            ok[r["text_id"]] = ok.get(r["text_id"], True) and r["accuracy"] >= self.cfg.success
+        return {t for t, good in ok.items() if good}
+
+    def _fit_unit(self, lm, unit: Unit, key: str, payload: list[tuple[str, list[int]]], progress: bool,
+                  distributed: bool = False) -> int:
+        from .metrics import lm_cross_entropy
+
+        cfg = self.cfg
+        ids = [t for _, t in payload]
+        start = time.perf_counter()
+        if cfg.method == "one-step":
+            from .engine import fit_token_ids
+
+            fit = fit_token_ids(lm, ids, seeds=[unit.seed], arrangement=unit.arrangement, recipe=cfg.recipe_obj(),
+                                share_e=unit.share_e, share_m=unit.share_m, progress=progress,
+                                compile=cfg.compile, distributed=distributed)
+        else:
+            from .baseline import fit_memory
+
+            fit = fit_memory(lm, ids, n_mem=cfg.n_mem, seeds=[unit.seed], recipe=cfg.recipe_obj(), progress=progress)
+        seconds = time.perf_counter() - start
+        decode_s = _decode_seconds(lm, fit)
+        rel = f"fits/{key}.safetensors"
+        fit.save(self.store.dir / rel)
+        h = lm_cross_entropy(lm, ids)
+        records = []
+        for (tid, _), row, h_lm in zip(payload, fit.rows, h, strict=True):
+            records.append(Record(
+                key=unit.row_key(cfg, tid), unit=key, experiment=cfg.name, method=cfg.method
+                if cfg.method == "one-step" else f"memory-{cfg.n_mem}", model=unit.model, source=unit.source,
+                text_id=tid, n=unit.n, arrangement=unit.arrangement if cfg.method == "one-step" else "mem",
+                share_e=unit.share_e, share_m=unit.share_m, seed=unit.seed, recipe=cfg.recipe,
+                accuracy=row.accuracy, c_tokens=getattr(row, "c_tokens", round(row.accuracy * row.n_tokens)),
+                steps=row.steps, status=row.status, h_lm_nats=h_lm, seconds=seconds / len(payload), fit_file=rel,
+                extra={"unit_seconds": seconds, "unit_rows": len(payload), "device": str(lm.device),
+                       "decode_seconds": decode_s},
+            ))
+        self.store.add(records)
+        return len(records)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _decode_seconds(lm, fit) -> float:
+    """Wall time to reconstruct one text of the unit: one forward pass, or greedy decoding from [mem]."""
+    row = fit.rows[0]
+    if hasattr(fit, "mem"):
+        from .baseline import greedy_decode
+
+        run = lambda: greedy_decode(lm, fit.mem[0], row.n_tokens)  # noqa: E731
+    else:
+        from .decoding import decode_ids
+
+        e, m = fit.vectors(0)
+        run = lambda: decode_ids(lm, e, m, row.n_tokens, fit.arrangement)  # noqa: E731
+    run()  # warm-up
+    _sync(lm.device)
+    start = time.perf_counter()
+    for _ in range(3):
+        run()
+    _sync(lm.device)
+    return (time.perf_counter() - start) / 3
+
+
+def init_distributed() -> None:
+    """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on GPU)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -1,0 +1,201 @@
+"""Sweeps: expansion, SQLite store, resume (also after kill -9), capacity search, ranks, report."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from prototokens import experiments
+from prototokens.errors import PrototokensError
+from prototokens.store import ResultStore
+from prototokens.sweep import Sweep, SweepConfig
+
+TEXTS = ["Hello there, friend.", "A quiet morning walk.", "Numbers: 1, 2, 3, 4!"]
+
+
+def tiny_config(**changes) -> SweepConfig:
+    base = dict(name="t", models=["tiny-random-llama"], sources=["inline"], inline=TEXTS, lengths=[4, 8],
+                arrangements=["e-m", "e-m-plus"], recipe="paper", overrides={"lr": 0.1, "max_steps": 200},
+                device="cpu", dtype="fp32")
+    base.update(changes)
+    return SweepConfig.from_dict(base)
+
+
+def test_sweep_runs_every_row_once_and_resumes(tmp_path):
+    cfg = tiny_config()
+    first = Sweep(cfg, tmp_path).run(progress=False)
+    assert first == {"units_run": 4, "units_skipped": 0, "rows_added": 12}
+    store = ResultStore(tmp_path)
+    rows = store.rows()
+    assert len(rows) == 12 and len({r["key"] for r in rows}) == 12
+    assert {(r["n"], r["arrangement"]) for r in rows} == {(4, "e-m"), (8, "e-m"), (4, "e-m-plus"), (8, "e-m-plus")}
+    assert all((tmp_path / r["fit_file"]).exists() for r in rows)
+    assert all(r["h_lm_nats"] > 0 and r["extra"]["decode_seconds"] > 0 for r in rows)
+    again = Sweep(cfg, tmp_path).run(progress=False)
+    assert again == {"units_run": 0, "units_skipped": 4, "rows_added": 0}
+    assert store.count() == 12
+
+
+def test_a_run_dir_refuses_another_config(tmp_path):
+    Sweep(tiny_config(lengths=[4], arrangements=["e-m"]), tmp_path).run(progress=False)
+    with pytest.raises(PrototokensError, match="different sweep config"):
+        Sweep(tiny_config(lengths=[5], arrangements=["e-m"]), tmp_path)
+
+
+def test_capacity_search_stops_each_text_at_its_first_failure(tmp_path):
+    cfg = tiny_config(lengths=[2, 4, 19], arrangements=["e-m"], capacity=True, overrides={"lr": 0.1, "max_steps": 20})
+    Sweep(cfg, tmp_path).run(progress=False)
+    rows = ResultStore(tmp_path).rows()
+    by_text = {}
+    for r in rows:
+        by_text.setdefault(r["text_id"], []).append((r["n"], r["accuracy"]))
+    for fits in by_text.values():
+        fits.sort()
+        ns = [n for n, _ in fits]
+        assert ns == [2, 4, 19][:len(ns)]  # a prefix of the grid
+        assert all(acc >= 0.99 for _, acc in fits[:-1])  # only the last one may fail
+        if len(ns) < 3:
+            assert fits[-1][1] < 0.99
+    assert any(len(f) < 3 for f in by_text.values())  # 20 steps fit 2 tokens, not 19 (measured)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"colour": "red"}, "unknown sweep setting"),
+    ({"method": "magic"}, "unknown method"),
+    ({"lengths": [0]}, "lengths must be"),
+])
+def test_bad_configs(bad, message):
+    with pytest.raises(PrototokensError, match=message):
+        tiny_config(**bad)
+
+
+def test_toml_errors(tmp_path):
+    with pytest.raises(PrototokensError, match="no such config"):
+        SweepConfig.from_toml(tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed")
+    with pytest.raises(PrototokensError, match="not valid TOML"):
+        SweepConfig.from_toml(bad)
+
+
+def test_registered_experiments_load_at_both_scales():
+    for name in experiments.names():
+        full, cpu = experiments.load(name), experiments.load(name, "cpu")
+        assert cpu.name == full.name + "-cpu"
+    assert experiments.load("table3").capacity and experiments.load("fig3-mem1").method == "memory"
+    with pytest.raises(PrototokensError, match="unknown experiment"):
+        experiments.load("table99")
+
+
+CONFIG = """
+name = "killme"
+models = ["tiny-random-llama"]
+sources = ["inline"]
+inline = {texts}
+lengths = [4, 5, 6, 7, 8, 9, 10, 11]
+arrangements = ["e-m"]
+recipe = "paper"
+overrides = {{ lr = 0.1, max_steps = 150 }}
+device = "cpu"
+dtype = "fp32"
+"""
+
+
+def test_kill_minus_9_loses_nothing_committed(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(CONFIG.format(texts=repr(TEXTS).replace("'", '"')))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "prototokens.cli", "sweep", str(cfg_file), "--run", str(run), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = run / "results.sqlite"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for the first committed unit, then kill mid-sweep
+        if db.exists():
+            try:
+                if sqlite3.connect(db, timeout=5).execute("SELECT COUNT(*) FROM results").fetchone()[0] > 0:
+                    break
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = ResultStore(run).count()
+    assert 0 < partial < 24
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    store = ResultStore(run)
+    assert store.count() == 24
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert len({r["key"] for r in store.rows()}) == 24
+
+
+# a fixed number of steps (no early stop): trajectories are compared, not just outcomes
+SHARED = dict(share_m=[1, 0], inline=TEXTS + ["One more text here."], lengths=[6], arrangements=["e-m"],
+              overrides={"lr": 0.1, "max_steps": 12, "stop_accuracy": 2.0})
+
+
+def _rank(rank: int, world: int, port: int, run_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from prototokens.sweep import init_distributed
+
+    init_distributed()
+    Sweep(tiny_config(**SHARED), run_dir).run(progress=False)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_give_the_same_rows_and_results_as_one(tmp_path):
+    # units are sharded by rank; the unit whose m is shared by all 4 texts is split over both
+    # ranks, with m's gradient all-reduced
+    Sweep(tiny_config(**SHARED), tmp_path / "one").run(progress=False)
+    script = textwrap.dedent(f"""
+        import sys, torch.multiprocessing as mp
+        sys.path.insert(0, {str(os.path.dirname(__file__) + '/..')!r})
+        from tests.test_sweep import _rank
+        if __name__ == "__main__":
+            mp.spawn(_rank, args=(2, 29517, {str(tmp_path / 'two')!r}), nprocs=2)
+    """)
+    assert subprocess.run([sys.executable, "-c", script], timeout=600).returncode == 0
+    one = {r["key"]: r for r in ResultStore(tmp_path / "one").rows()}
+    two = {r["key"]: r for r in ResultStore(tmp_path / "two").rows()}
+    assert one.keys() == two.keys() and len(one) == 8
+    for k in one:
+        assert (one[k]["accuracy"], one[k]["status"]) == (two[k]["accuracy"], two[k]["status"])
+        assert one[k]["steps"] == two[k]["steps"] or one[k]["share_m"] == 0  # shared: float-level sums may reorder
+    # the shared m is the same vector on both ranks and in the single process
+    from prototokens.artefacts import ProtoTokens
+
+    shared = [r for r in two.values() if r["share_m"] == 0]
+    assert len({r["unit"] for r in shared}) == 2  # one part per rank
+    ms = [ProtoTokens.load(tmp_path / "two" / f).m for f in sorted({r["fit_file"] for r in shared})]
+    m_one = ProtoTokens.load(tmp_path / "one" / next(r["fit_file"] for r in one.values() if r["share_m"] == 0)).m
+    assert torch.equal(ms[0], ms[1])
+    assert torch.allclose(ms[0], m_one, atol=1e-4), (ms[0] - m_one).abs().max()
+
+
+def test_report_renders_the_paper_sections(tmp_path):
+    Sweep(tiny_config(name="table1-cpu", lengths=[2, 4]), tmp_path / "table1").run(progress=False)
+    Sweep(tiny_config(name="table3-cpu", lengths=[2, 4], arrangements=["e-m"], capacity=True),
+          tmp_path / "table3").run(progress=False)
+    Sweep(tiny_config(name="table2-m-cpu", lengths=[4], arrangements=["e-m"], share_m=[1, 3], seeds=[0, 1]),
+          tmp_path / "table2m").run(progress=False)
+    from prototokens.report import write_report
+
+    out = write_report(tmp_path)
+    text = out.read_text()
+    for heading in ("## Table 1", "## Table 2: shared m", "## Table 3", "scaled-down CPU run", "Paper ("):
+        assert heading in text
+    assert (tmp_path / "figures" / "table1.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "table3.png").stat().st_size > 1000
+
+
+def test_report_on_an_empty_dir_is_a_clear_error(tmp_path):
+    from prototokens.report import write_report
+
+    with pytest.raises(PrototokensError, match="no results.sqlite"):
+        write_report(tmp_path)
