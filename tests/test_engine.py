@@ -234,3 +234,12 @@ def test_a_text_with_no_tokens_is_refused(llama):
         pt.fit_token_ids(llama, [[1, 2], []])
     with pytest.raises(pt.PrototokensError, match="no texts"):
         pt.fit_token_ids(llama, [])
+
+
+def test_rows_that_fit_keeps_a_margin():
+    from prototokens.engine import auto_max_batch, rows_that_fit
+
+    assert rows_that_fit(1000, 100) == 8
+    assert rows_that_fit(1000, 100, safety=1.0) == 10
+    assert rows_that_fit(10, 100) == 1  # always at least one row
+    assert auto_max_batch(pt.load_model("tiny-random-llama", device="cpu"), 16) is None  # no limit on the CPU

@@ -340,6 +340,36 @@ def compiled_row_losses(lm: FrozenLM):
     return _COMPILED[lm.model]
 
 
+def rows_that_fit(free_bytes: int, bytes_per_row: float, safety: float = 0.8) -> int:
+    """How many rows fit in `free_bytes` at `bytes_per_row`, keeping a safety margin (at least 1)."""
+    return max(1, int(free_bytes * safety // max(1.0, bytes_per_row)))
+
+
+def auto_max_batch(lm: FrozenLM, length: int, probe_rows: int = 4) -> int | None:
+    """Rows per batch that fit in free GPU memory, from one probe step at `length` positions.
+
+    None on the CPU (no limit; out-of-memory splitting still applies).
+    """
+    if lm.device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    d = lm.hidden_size
+    e = torch.zeros(probe_rows, d, device=lm.device, requires_grad=True)
+    slots = torch.ones(probe_rows, length, dtype=torch.long, device=lm.device)
+    targets = torch.zeros(probe_rows, length, dtype=torch.long, device=lm.device)
+    n = torch.full((probe_rows,), float(length), device=lm.device)
+    idx = torch.arange(probe_rows, device=lm.device)
+    loss, _ = row_losses(lm, e, e, idx, idx, slots, targets, n)
+    loss.sum().backward()
+    torch.cuda.synchronize()
+    per_row = (torch.cuda.max_memory_allocated() - base) / probe_rows
+    del e, loss
+    torch.cuda.empty_cache()
+    return rows_that_fit(torch.cuda.mem_get_info()[0], per_row)
+
+
 def step_loop(step, finish, max_steps: int, check_every: int, bar: tqdm | None) -> None:
     """Steps 0..max_steps (the last only evaluates), retiring finished rows every `check_every` steps.
 
@@ -369,7 +399,8 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
     """Fit proto-tokens for every (text, seed) pair; rows are ordered text-major, seed-minor.
 
     share_e / share_m: rows per group sharing one e / m (1 = own vector, 0 = all rows share one).
-    max_batch: at most this many rows optimised at once (whole sharing units are never split).
+    max_batch: at most this many rows optimised at once (whole sharing units are never split);
+        default on a GPU: what fits in free memory, from a probe step (`auto_max_batch`).
     check_every: steps between reads of the stop bookkeeping (default 1 on CPU, 10 on GPU).
     compile: capture the forward/backward with torch.compile (CUDA graphs on a GPU), one graph
         per power-of-two batch size.
@@ -412,6 +443,8 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
                       text=texts[t] if texts else None) for r, (t, s) in enumerate(pairs)]
     if check_every is None:
         check_every = 1 if lm.device.type == "cpu" else 10
+    if max_batch is None and not distributed:
+        max_batch = auto_max_batch(lm, max(arr.length(len(t)) for t in token_ids))
     best_e, best_m = e0.clone(), m0.clone()
     start = time.perf_counter()
     bar = tqdm(total=None, desc="fitting", unit="step", disable=not progress, leave=False, mininterval=0.5)
