@@ -199,3 +199,18 @@ def test_report_on_an_empty_dir_is_a_clear_error(tmp_path):
 
     with pytest.raises(PrototokensError, match="no results.sqlite"):
         write_report(tmp_path)
+
+
+def test_memory_baseline_sweep_and_figures_3_and_4(tmp_path):
+    Sweep(tiny_config(name="table3-cpu", lengths=[2, 4], arrangements=["e-m"], capacity=True),
+          tmp_path / "table3").run(progress=False)
+    Sweep(tiny_config(name="fig3-mem1-cpu", method="memory", n_mem=1, lengths=[2, 4], capacity=True),
+          tmp_path / "fig3").run(progress=False)
+    rows = ResultStore(tmp_path / "fig3").rows()
+    assert rows and {r["method"] for r in rows} == {"memory-1"} and {r["arrangement"] for r in rows} == {"mem"}
+    assert all(r["extra"]["decode_seconds"] > 0 for r in rows)
+    from prototokens.report import write_report
+
+    text = write_report(tmp_path).read_text()
+    assert "## Figure 3" in text and "## Figure 4" in text and "memory-1" in text
+    assert (tmp_path / "figures" / "fig3.png").exists()
