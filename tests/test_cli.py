@@ -140,3 +140,16 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_geometry_commands_and_report(capsys, tmp_path):
+    fits = tmp_path / "geo"
+    code, out, _ = run(capsys, "geometry", "build", str(fits), "--model", "tiny-random-llama", "--device", "cpu",
+                       "--contexts", "2", "--continuations", "2", "--tokens", "4", "--seeds", "2", "--steps", "200",
+                       "--quiet")
+    assert code == 0 and "6 solutions" in out  # per context: 1 continuation x 1 seed + the last x 2 seeds
+    code, out, _ = run(capsys, "geometry", "run", str(fits), "--device", "cpu", "--analyses", "distances",
+                       "interpolation")
+    assert code == 0 and (fits / "geometry.json").exists() and (fits / "distances.png").exists()
+    code, out, _ = run(capsys, "report", str(tmp_path))
+    assert code == 0 and "Geometry" in (tmp_path / "report.md").read_text()

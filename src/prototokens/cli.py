@@ -204,6 +204,24 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return _run_sweep(cfg, args)
 
 
+def cmd_geometry(args: argparse.Namespace) -> int:
+    from . import geometry
+
+    if args.action == "build":
+        pt = _lazy()
+        lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
+        recipe = pt.get_recipe(args.recipe, max_steps=args.steps)
+        fs = geometry.build_fit_set(lm, args.contexts, args.continuations, args.tokens, args.seeds, args.dir,
+                                    recipe=recipe, seed=args.seed, progress=not args.quiet)
+        print(f"fit set in {args.dir}: {len(fs.solutions)} solutions")
+        return 0
+    options = {"bezier": {"steps": args.bezier_steps, "lr": args.bezier_lr}}
+    summary = geometry.run_geometry(args.dir, args.out or args.dir, args.analyses, device=args.device,
+                                    dtype=args.dtype, options=options)
+    print(json.dumps(summary, indent=1) if args.json else f"wrote {Path(args.out or args.dir) / 'geometry.json'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -249,6 +267,12 @@ EXAMPLES = {
         examples:
           prototokens report runs            # every run directory under runs/
           prototokens report runs/table1
+    """,
+    "geometry": """
+        examples:
+          prototokens geometry build runs/geometry --contexts 50 --continuations 10 --tokens 32 --seeds 10
+          prototokens geometry run runs/geometry                 # all analyses: JSON + PNGs
+          prototokens geometry run runs/geometry --analyses distances interpolation
     """,
     "demo": """
         examples:
@@ -341,6 +365,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_experiment)
+
+    from .geometry import ANALYSES
+
+    p = _sub(subs, "geometry", "Section 4 analyses: build a fit set of contexts x continuations, then analyse it")
+    p.add_argument("action", choices=["build", "run"], help="build a fit set, or run analyses on one")
+    p.add_argument("dir", help="the fit set's directory")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--contexts", type=_positive, default=50, help="Gutenberg contexts (paper: 50)")
+    p.add_argument("--continuations", type=_positive, default=10, help="continuations per context (paper: 10)")
+    p.add_argument("--tokens", type=_positive, default=32, help="tokens per continuation")
+    p.add_argument("--seeds", type=_positive, default=10, help="seeds for the last continuation (paper: 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", default="paper", choices=sorted(RECIPES))
+    p.add_argument("--steps", type=int, help="maximum fitting steps (recipe default)")
+    p.add_argument("--analyses", nargs="+", choices=ANALYSES, help="default: all")
+    p.add_argument("--out", help="where analyses write (default: the fit set's directory)")
+    p.add_argument("--bezier-steps", type=int, default=300)
+    p.add_argument("--bezier-lr", type=float, default=0.01)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_geometry)
 
     p = _sub(subs, "report", "write a Markdown report with figures from run directories")
     p.add_argument("run", help="a run directory, or a directory of run directories")

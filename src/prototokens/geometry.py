@@ -337,8 +337,9 @@ LABELS = {"same_text": "same text (seeds)", "same_context": "same context", "dif
 def plot_distances(result: dict, path: str | Path) -> Path:
     """Densities of the cosine distance per pair class (Fig. 6)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    allv = np.concatenate([np.asarray(v, dtype=float) for v in result["classes"].values()] + [np.zeros(1)])
-    grid = np.linspace(max(0.0, allv.min() - 0.05), allv.max() + 0.05, 300)
+    allv = np.concatenate([np.asarray(v, dtype=float) for v in result["classes"].values()] + [np.ones(0)])
+    lo, hi = (allv.min(), allv.max()) if allv.size else (0.0, 1.0)
+    grid = np.linspace(max(0.0, lo - 0.05), hi + 0.05, 300)
     for c in PAIR_CLASSES:
         v = np.asarray(result["classes"][c], dtype=float)
         if v.size >= 2:
@@ -401,10 +402,12 @@ def minilm_dir() -> Path:
 @functools.cache
 def _minilm(device: str):
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from .loading import _quiet
 
     _quiet()
+    hf_logging.disable_progress_bar()
     root = minilm_dir()
     tok = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
     model = AutoModel.from_pretrained(str(root), local_files_only=True, dtype=torch.float32)
@@ -686,7 +689,7 @@ def plot_bezier(result: dict, path: str | Path) -> Path:
     """Accuracy along the trained Bezier curves, and their length ratios."""
     def hist(ax):
         ratios = [p["length_ratio"] for p in result["pairs"] if p["length_ratio"] is not None]
-        ax.hist(ratios, bins=20)
+        ax.hist(ratios, bins=20, range=(1.0, max([1.25, *ratios])))
         ax.axvline(1.2, color="r", ls="--", label="paper's max (1.2)")
         ax.set_xlabel("curve length / straight length")
         ax.set_ylabel("pairs")

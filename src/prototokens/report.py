@@ -32,8 +32,8 @@ def paper_tables() -> dict:
 
 def _runs(root: Path) -> dict[str, list[dict]]:
     dirs = [root] if (root / "results.sqlite").exists() else sorted(p.parent for p in root.glob("*/results.sqlite"))
-    if not dirs:
-        raise PrototokensError(f"no results.sqlite in {root} or its subdirectories")
+    if not dirs and not any(root.glob("**/geometry.json")):
+        raise PrototokensError(f"no results.sqlite (or geometry.json) in {root} or its subdirectories")
     out: dict[str, list[dict]] = defaultdict(list)
     for d in dirs:
         store = ResultStore(d, create=False)
@@ -225,6 +225,11 @@ def write_report(root: str | Path) -> Path:
     memory = runs.get("fig3-mem1", []) + runs.get("fig3-mem2", [])
     if memory:
         parts.append(section_fig3_fig4(runs.get("table3", []), memory, figs, paper))
+    for geo in sorted(root.glob("**/geometry.json")):
+        from .geometry import geometry_report_section
+
+        rel = geo.parent.relative_to(root).as_posix()
+        parts.append(geometry_report_section(geo.parent, figures="" if rel == "." else rel + "/"))
     known = {"table1", "table2-e", "table2-m", "table3", "table4", "fig3-mem1", "fig3-mem2"}
     for name in sorted(set(runs) - known):
         rows = runs[name]
