@@ -152,4 +152,4 @@ def test_geometry_commands_and_report(capsys, tmp_path):
                        "interpolation")
     assert code == 0 and (fits / "geometry.json").exists() and (fits / "distances.png").exists()
     code, out, _ = run(capsys, "report", str(tmp_path))
-    assert code == 0 and "Geometry" in (tmp_path / "report.md").read_text()
+    assert code == 0 and "## Section 4: geometry" in (tmp_path / "report.md").read_text()
