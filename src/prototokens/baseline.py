@@ -41,7 +41,16 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .artefacts import FORMAT as PROTO_FORMAT
-from .engine import _is_oom, _slice_adam, chunked_token_losses, forward_hidden, init_vectors, step_loop
+from .engine import (
+    _is_oom,
+    _slice_adam,
+    chunked_token_losses,
+    forward_hidden,
+    init_vectors,
+    optimiser_step,
+    show_progress,
+    step_loop,
+)
 from .errors import PrototokensError
 from .loading import FrozenLM, check_model
 from .metrics import lm_cross_entropy, nats_to_bits
@@ -227,17 +236,9 @@ class _MemRun:
         self.best_loss[rows] = torch.where(improved, row_loss.detach(), self.best_loss[rows])
         self.best_correct[rows] = torch.where(improved.unsqueeze(-1), correct, self.best_correct[rows])
         self.best_mem[rows] = torch.where(improved.view(-1, 1, 1), self.mem.detach(), self.best_mem[rows])
-        if self.bar is not None and step % self.check_every == 0:
-            self.bar.set_postfix(rows=len(rows), acc=f"{acc.mean().item():.3f}", loss=f"{row_loss.mean().item():.3f}",
-                                 refresh=False)
-        if not update:
-            return
-        for g in self.opt.param_groups:
-            g["lr"] = self.recipe.lr_at(step)
-        self.opt.zero_grad(set_to_none=True)
-        torch.where(finite, row_loss, torch.zeros_like(row_loss)).sum().backward()
-        torch.nan_to_num_(self.mem.grad, nan=0.0, posinf=0.0, neginf=0.0)
-        self.opt.step()
+        show_progress(self.bar, step, self.check_every, acc, row_loss)
+        if update:
+            optimiser_step(self.opt, self.recipe, step, row_loss, finite, (self.mem,))
 
     def finish_rows(self, step: int, final: bool) -> bool:
         """Retire stopped rows and compact the batch; return whether any row is still active."""

@@ -268,21 +268,13 @@ class _Run:
             self.best_e[self.e_ids] = torch.where(imp_e, self.E.detach(), self.best_e[self.e_ids])
             imp_m = improved[self.m_unit[self.m_ids]].unsqueeze(-1)
             self.best_m[self.m_ids] = torch.where(imp_m, self.M.detach(), self.best_m[self.m_ids])
-        if self.bar is not None and step % self.check_every == 0:
-            self.bar.set_postfix(rows=len(rows), acc=f"{acc.mean().item():.3f}", loss=f"{row_loss.mean().item():.3f}",
-                                 refresh=False)
-        if not update:
-            return
-        for g in self.opt.param_groups:
-            g["lr"] = self.recipe.lr_at(step)
-        self.opt.zero_grad(set_to_none=True)
-        torch.where(finite, row_loss, torch.zeros_like(row_loss)).sum().backward()
+        show_progress(self.bar, step, self.check_every, acc, row_loss)
+        if update:
+            optimiser_step(self.opt, self.recipe, step, row_loss, finite, (self.E, self.M), self._reduce_m)
+
+    def _reduce_m(self) -> None:
         if self.distributed and self.M.grad is not None:
             torch.distributed.all_reduce(self.M.grad)  # sum over every rank's texts, as in one process
-        for p in (self.E, self.M):
-            if p.grad is not None:
-                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-        self.opt.step()
 
     def finish_units(self, step: int, final: bool) -> bool:
         """Retire stopped units and compact the batch; return whether any row is still active."""
@@ -338,6 +330,28 @@ def compiled_row_losses(lm: FrozenLM):
         mode = "reduce-overhead" if lm.device.type == "cuda" else None
         _COMPILED[lm.model] = torch.compile(row_losses, mode=mode, dynamic=False)
     return _COMPILED[lm.model]
+
+
+def show_progress(bar: tqdm | None, step: int, every: int, acc: torch.Tensor, row_loss: torch.Tensor) -> None:
+    """Active rows, mean accuracy and loss on the progress bar (a host read, so only every `every` steps)."""
+    if bar is not None and step % every == 0:
+        bar.set_postfix(rows=len(acc), acc=f"{acc.mean().item():.3f}", loss=f"{row_loss.mean().item():.3f}",
+                        refresh=False)
+
+
+def optimiser_step(opt: torch.optim.Optimizer, recipe: Recipe, step: int, row_loss: torch.Tensor,
+                   finite: torch.Tensor, params, after_backward=None) -> None:
+    """One update on the sum of the finite row losses; non-finite gradient entries are zeroed."""
+    for g in opt.param_groups:
+        g["lr"] = recipe.lr_at(step)
+    opt.zero_grad(set_to_none=True)
+    torch.where(finite, row_loss, torch.zeros_like(row_loss)).sum().backward()
+    if after_backward is not None:
+        after_backward()
+    for p in params:
+        if p.grad is not None:
+            torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    opt.step()
 
 
 def rows_that_fit(free_bytes: int, bytes_per_row: float, safety: float = 0.8) -> int:
