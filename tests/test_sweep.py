@@ -214,3 +214,12 @@ def test_memory_baseline_sweep_and_figures_3_and_4(tmp_path):
     text = write_report(tmp_path).read_text()
     assert "## Figure 3" in text and "## Figure 4" in text and "memory-1" in text
     assert (tmp_path / "figures" / "fig3.png").exists()
+
+
+def test_capacity_search_ends_quietly_when_every_text_has_failed(tmp_path):
+    # 1 step cannot fit 8 tokens: every text fails at the first length and nothing more is fitted
+    cfg = tiny_config(lengths=[8, 9, 10], arrangements=["e-m"], capacity=True, overrides={"lr": 0.1, "max_steps": 1})
+    counts = Sweep(cfg, tmp_path).run(progress=False)
+    rows = ResultStore(tmp_path).rows()
+    assert {r["n"] for r in rows} == {8} and all(r["accuracy"] < 0.99 for r in rows)
+    assert counts["units_run"] == 1

@@ -214,6 +214,8 @@ class Sweep:
             items = [(tid, prefix_tokens(lm, text, n)) for tid, text in _texts(cfg, source, n)]
         if alive is not None:
             items = [it for it in items if it[0] in alive]
+        if not items:  # a capacity search whose texts have all stopped
+            return []
         out = []
         for arr in cfg.arrangements:
             for se in cfg.share_e:
