@@ -223,3 +223,12 @@ def test_capacity_search_ends_quietly_when_every_text_has_failed(tmp_path):
     rows = ResultStore(tmp_path).rows()
     assert {r["n"] for r in rows} == {8} and all(r["accuracy"] < 0.99 for r in rows)
     assert counts["units_run"] == 1
+
+
+def test_unit_key_follows_text_content():
+    from prototokens.sweep import Unit
+
+    cfg = tiny_config()
+    unit = Unit("tiny-random-llama", "gutenberg", 4, "e-m", 1, 1, 0, ("text-0",))
+    assert unit.key(cfg, [[1, 2, 3, 4]]) == unit.key(cfg, [[1, 2, 3, 4]])
+    assert unit.key(cfg, [[1, 2, 3, 4]]) != unit.key(cfg, [[1, 2, 3, 5]])  # same id, new content: a new unit

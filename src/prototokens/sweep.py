@@ -107,9 +107,11 @@ class Unit:
     seed: int
     text_ids: tuple[str, ...]
 
-    def key(self, cfg: SweepConfig) -> str:
+    def key(self, cfg: SweepConfig, token_ids: list[list[int]] | None = None) -> str:
+        """The unit's identity; with `token_ids`, a change in the texts' content also changes it."""
         return _digest([cfg.name, cfg.method, cfg.n_mem, self.model, self.source, self.n, self.arrangement,
-                        self.share_e, self.share_m, self.seed, cfg.recipe_obj().to_dict(), list(self.text_ids)])
+                        self.share_e, self.share_m, self.seed, cfg.recipe_obj().to_dict(), list(self.text_ids)]
+                       + ([token_ids] if token_ids is not None else []))
 
     def row_key(self, cfg: SweepConfig, text_id: str) -> str:
         return _digest([cfg.name, cfg.method, cfg.n_mem, self.model, self.source, self.n, self.arrangement,
@@ -191,7 +193,7 @@ class Sweep:
                             continue
                         if i % world != rank:
                             continue
-                        key = unit.key(cfg)
+                        key = unit.key(cfg, [ids for _, ids in payload])
                         if key in done:
                             counts["units_skipped"] += 1
                             continue
@@ -233,7 +235,7 @@ class Sweep:
 
     def _shared_unit(self, lm, unit: Unit, payload: list, rank: int, world: int, progress: bool) -> int:
         """Fit this rank's share of a unit whose m is shared across ranks (every rank takes part); rows added."""
-        key = unit.key(self.cfg)
+        key = unit.key(self.cfg, [ids for _, ids in payload])
         parts = [f"{key}-r{r}of{world}" for r in range(world)]
         _barrier()  # every rank has committed its earlier parts: all see the same done set
         if set(parts) <= self.store.done_units():
