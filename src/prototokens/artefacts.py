@@ -23,15 +23,12 @@ FORMAT = "prototokens/1"
 
 
 @dataclass
-class RowResult:
-    """One fitted row: a text (as token ids) and a seed, with its metrics at the best state."""
+class FittedRow:
+    """One fitted text (as token ids) and seed, with its metrics at the best state."""
 
     token_ids: list[int]
     seed: int
-    e_index: int
-    m_index: int
     accuracy: float = 0.0
-    c_tokens: int = 0
     correct: list[bool] = field(default_factory=list)
     steps: int = 0
     loss: float = float("nan")
@@ -47,6 +44,15 @@ class RowResult:
         d["n_tokens"] = self.n_tokens
         d["correct"] = "".join("1" if c else "0" for c in self.correct)
         return d
+
+
+@dataclass
+class RowResult(FittedRow):
+    """A proto-token row: also which e and m vectors it uses, and its C_tokens."""
+
+    e_index: int = 0
+    m_index: int = 0
+    c_tokens: int = 0
 
 
 @dataclass

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .artefacts import FORMAT as PROTO_FORMAT
+from .artefacts import FittedRow
 from .engine import (
     _is_oom,
     _slice_adam,
@@ -61,27 +62,8 @@ KURATOV_PATIENCE = 2000  # Kuratov et al. stop a text after 2000 steps without i
 
 
 @dataclass
-class MemoryRow:
-    """One fitted row: a text (as token ids) and a seed, with its teacher-forced metrics at the best state."""
-
-    token_ids: list[int]
-    seed: int
-    accuracy: float = 0.0
-    correct: list[bool] = field(default_factory=list)
-    steps: int = 0
-    loss: float = float("nan")
-    status: str = "pending"
-    text: str | None = None
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.token_ids)
-
-    def summary(self) -> dict:
-        d = asdict(self)
-        d["n_tokens"] = self.n_tokens
-        d["correct"] = "".join("1" if c else "0" for c in self.correct)
-        return d
+class MemoryRow(FittedRow):
+    """A [mem] row: accuracy and correctness are teacher-forced."""
 
 
 @dataclass
