@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,12 +80,18 @@ class ResultStore:
             raise PrototokensError(f"no results database in {self.dir}")
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "fits").mkdir(exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, timeout=120)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise PrototokensError(f"{self.path} is not a usable results database ({e})") from None
+        self.db = sqlite3.connect(self.path, timeout=120)
+        for attempt in range(60):  # switching to WAL takes an exclusive lock, which SQLite does not wait for
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 59:
+                    raise PrototokensError(f"{self.path} is not a usable results database ({e})") from None
+                time.sleep(0.5)
+            except sqlite3.DatabaseError as e:
+                raise PrototokensError(f"{self.path} is not a usable results database ({e})") from None
 
     def done_units(self) -> set[str]:
         return {u for (u,) in self.db.execute("SELECT DISTINCT unit FROM results")}

@@ -158,8 +158,13 @@ class Sweep:
 
     def __init__(self, cfg: SweepConfig, run_dir: str | Path):
         self.cfg = cfg
-        self.store = ResultStore(run_dir)
-        self._check_config(Path(run_dir) / "config.json")
+        if _dist()[0] == 0:  # rank 0 creates the database and writes the config; the others then open them
+            self.store = ResultStore(run_dir)
+            self._check_config(Path(run_dir) / "config.json")
+        _barrier()
+        if _dist()[0] != 0:
+            self.store = ResultStore(run_dir)
+            self._check_config(Path(run_dir) / "config.json")
 
     def _check_config(self, path: Path) -> None:
         mine = json.dumps(self.cfg.to_dict(), sort_keys=True, indent=1)
