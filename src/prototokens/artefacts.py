@@ -22,6 +22,25 @@ from .errors import PrototokensError
 FORMAT = "prototokens/1"
 
 
+def target_ids_tensor(rows: list[FittedRow]) -> torch.Tensor:
+    """(R, N_max) target token ids, padded with -1."""
+    ids = torch.full((len(rows), max(r.n_tokens for r in rows)), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :r.n_tokens] = torch.tensor(r.token_ids, dtype=torch.long)
+    return ids
+
+
+def write_artefact(path: str | Path, tensors: dict[str, torch.Tensor], header: dict) -> Path:
+    """Write safetensors with `header` as JSON in the metadata, atomically (never a half-written file)."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise PrototokensError(f"output directory does not exist: {path.parent}")
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"prototokens": json.dumps(header)})
+    tmp.replace(path)
+    return path
+
+
 @dataclass
 class FittedRow:
     """One fitted text (as token ids) and seed, with its metrics at the best state."""
@@ -93,24 +112,13 @@ class ProtoTokens:
 
     def save(self, path: str | Path) -> Path:
         """Write the artefact as safetensors; the JSON header sits in the file's metadata."""
-        path = Path(path)
-        if path.parent and not path.parent.exists():
-            raise PrototokensError(f"output directory does not exist: {path.parent}")
-        width = max(r.n_tokens for r in self.rows)
-        ids = torch.full((len(self.rows), width), -1, dtype=torch.long)
-        for i, r in enumerate(self.rows):
-            ids[i, :r.n_tokens] = torch.tensor(r.token_ids, dtype=torch.long)
-        tensors = {
+        return write_artefact(path, {
             "e": self.e.detach().float().cpu().contiguous(),
             "m": self.m.detach().float().cpu().contiguous(),
             "e_index": torch.tensor([r.e_index for r in self.rows], dtype=torch.long),
             "m_index": torch.tensor([r.m_index for r in self.rows], dtype=torch.long),
-            "target_ids": ids,
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"prototokens": json.dumps(self.header())})
-        tmp.replace(path)  # never leave a half-written artefact under the final name
-        return path
+            "target_ids": target_ids_tensor(self.rows),
+        }, self.header())
 
     @classmethod
     def load(cls, path: str | Path) -> ProtoTokens:

@@ -36,12 +36,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import __version__
 from .artefacts import FORMAT as PROTO_FORMAT
-from .artefacts import FittedRow
+from .artefacts import FittedRow, target_ids_tensor, write_artefact
 from .engine import (
     _is_oom,
     _slice_adam,
@@ -51,6 +50,8 @@ from .engine import (
     optimiser_step,
     show_progress,
     step_loop,
+    stop_status,
+    stopped,
 )
 from .errors import PrototokensError
 from .loading import FrozenLM, check_model
@@ -100,18 +101,8 @@ class MemoryFit:
 
     def save(self, path: str | Path) -> Path:
         """Write the fit as safetensors (`mem`, `target_ids`); the JSON header sits in the file's metadata."""
-        path = Path(path)
-        if path.parent and not path.parent.exists():
-            raise PrototokensError(f"output directory does not exist: {path.parent}")
-        width = max(r.n_tokens for r in self.rows)
-        ids = torch.full((len(self.rows), width), -1, dtype=torch.long)
-        for i, r in enumerate(self.rows):
-            ids[i, :r.n_tokens] = torch.tensor(r.token_ids, dtype=torch.long)
-        tensors = {"mem": self.mem.detach().float().cpu().contiguous(), "target_ids": ids}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"prototokens": json.dumps(self.header())})
-        tmp.replace(path)  # never leave a half-written file under the final name
-        return path
+        return write_artefact(path, {"mem": self.mem.detach().float().cpu().contiguous(),
+                                     "target_ids": target_ids_tensor(self.rows)}, self.header())
 
     @classmethod
     def load(cls, path: str | Path) -> MemoryFit:
@@ -224,21 +215,12 @@ class _MemRun:
 
     def finish_rows(self, step: int, final: bool) -> bool:
         """Retire stopped rows and compact the batch; return whether any row is still active."""
-        done = self.bad | (self.best_acc >= self.recipe.stop_accuracy)
-        if self.recipe.patience is not None:
-            done |= (step - self.best_step) >= self.recipe.patience
-        if final:
-            done = torch.ones_like(done)
+        done = stopped(self.recipe, self.bad, self.best_acc, self.best_step, step, final)
         keep = ~done[self.active]
         if bool(keep.all()):
             return True
         for r in self.active[~keep].tolist():
-            if bool(self.bad[r]):
-                self.status[r] = "failed: non-finite loss"
-            elif self.best_acc[r].item() >= self.recipe.stop_accuracy:
-                self.status[r] = "converged"
-            elif not final:
-                self.status[r] = "patience"
+            self.status[r] = stop_status(self.recipe, bool(self.bad[r]), self.best_acc[r].item(), final) or self.status[r]
         keep_idx = torch.nonzero(keep).squeeze(1)
         self.active = self.active[keep_idx]
         mem = torch.nn.Parameter(self.mem.detach()[keep_idx].clone())

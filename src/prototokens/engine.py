@@ -279,21 +279,12 @@ class _Run:
     def finish_units(self, step: int, final: bool) -> bool:
         """Retire stopped units and compact the batch; return whether any row is still active."""
         units = self.row_unit[self.active]
-        done = self.bad | (self.best_acc >= self.recipe.stop_accuracy)
-        if self.recipe.patience is not None:
-            done |= (step - self.best_step) >= self.recipe.patience
-        if final:
-            done = torch.ones_like(done)
+        done = stopped(self.recipe, self.bad, self.best_acc, self.best_step, step, final)
         keep_row = ~done[units]
         if bool(keep_row.all()):
             return True
         for u in torch.unique(units[~keep_row]).tolist():
-            if bool(self.bad[u]):
-                self.status[u] = "failed: non-finite loss"
-            elif self.best_acc[u].item() >= self.recipe.stop_accuracy:
-                self.status[u] = "converged"
-            elif not final:
-                self.status[u] = "patience"
+            self.status[u] = stop_status(self.recipe, bool(self.bad[u]), self.best_acc[u].item(), final) or self.status[u]
         self.active = self.active[keep_row]
         new_e = torch.unique(self.row_e[self.active])
         new_m = torch.unique(self.row_m[self.active])
@@ -382,6 +373,26 @@ def auto_max_batch(lm: FrozenLM, length: int, probe_rows: int = 4) -> int | None
     del e, loss
     torch.cuda.empty_cache()
     return rows_that_fit(torch.cuda.mem_get_info()[0], per_row)
+
+
+def stopped(recipe: Recipe, bad: torch.Tensor, best_acc: torch.Tensor, best_step: torch.Tensor, step: int,
+            final: bool) -> torch.Tensor:
+    """Which fits stop now: a non-finite loss, the stop accuracy reached, patience run out, or the last step."""
+    if final:
+        return torch.ones_like(bad)
+    done = bad | (best_acc >= recipe.stop_accuracy)
+    if recipe.patience is not None:
+        done |= (step - best_step) >= recipe.patience
+    return done
+
+
+def stop_status(recipe: Recipe, bad: bool, best_acc: float, final: bool) -> str | None:
+    """Why a stopped fit stopped (None: it ran to the last step, status stays 'max_steps')."""
+    if bad:
+        return "failed: non-finite loss"
+    if best_acc >= recipe.stop_accuracy:
+        return "converged"
+    return None if final else "patience"
 
 
 def step_loop(step, finish, max_steps: int, check_every: int, bar: tqdm | None) -> None:
