@@ -149,7 +149,9 @@ def test_geometry_commands_and_report(capsys, tmp_path):
                        "--quiet")
     assert code == 0 and "6 solutions" in out  # per context: 1 continuation x 1 seed + the last x 2 seeds
     code, out, _ = run(capsys, "geometry", "run", str(fits), "--device", "cpu", "--analyses", "distances",
-                       "interpolation")
+                       "interpolation", "--min-accuracy", "0")
     assert code == 0 and (fits / "geometry.json").exists() and (fits / "distances.png").exists()
+    code, _, err = run(capsys, "geometry", "run", str(fits), "--device", "cpu", "--min-accuracy", "1.5")
+    assert code == 2 and "no solution with accuracy >= 1.5" in err and err.strip().count("\n") == 0
     code, out, _ = run(capsys, "report", str(tmp_path))
     assert code == 0 and "## Section 4: geometry" in (tmp_path / "report.md").read_text()

@@ -146,6 +146,48 @@ def test_patience_stops_a_stalled_row(llama):
     assert fit.rows[0].status == "patience"
 
 
+def test_restarts_reinitialise_a_stalled_row(llama, monkeypatch):
+    starts = []
+    forward = llama.model.base_model.forward
+
+    def spy(*a, **k):
+        starts.append(k["inputs_embeds"][0, 0].detach().float().clone())
+        return forward(*a, **k)
+
+    monkeypatch.setattr(llama.model.base_model, "forward", spy)
+    rec = TINY_RECIPE.replace(lr=1e-6, max_steps=40, restarts=2, restart_after=5)
+    fit = pt.fit(llama, ["A text that cannot be learnt at this rate"], recipe=rec)
+    r = fit.rows[0]
+    assert r.restarts == 2 and r.status == "max_steps"
+    # at lr 1e-6 e hardly moves, so each restart shows as one jump to a fresh vector
+    jumps = sum(bool((b - a).norm() > 1e-2) for a, b in zip(starts, starts[1:], strict=False))
+    assert jumps == 2
+
+
+def test_a_converging_row_is_never_restarted(llama):
+    rec = TINY_RECIPE.replace(max_steps=500, restarts=3, restart_after=400)
+    r = pt.fit(llama, ["Hi"], recipe=rec).rows[0]
+    assert r.status == "converged" and r.restarts == 0
+
+
+def test_focal_loss_weights_each_token_by_its_error(llama):
+    from prototokens.engine import assemble_inputs, chunked_token_losses, forward_hidden, row_losses
+
+    g = torch.Generator().manual_seed(0)
+    E = torch.randn(2, llama.hidden_size, generator=g)
+    slots = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 1]])
+    targets = torch.tensor([[5, 6, 7, 8], [9, 10, 11, -100]])
+    n = torch.tensor([4.0, 3.0])
+    loc = torch.tensor([0, 1])
+    with torch.no_grad():
+        ce, _ = chunked_token_losses(llama, forward_hidden(llama, assemble_inputs(E[loc], E[loc], slots)), targets)
+        plain, _ = row_losses(llama, E, E, loc, loc, slots, targets, n)
+        focal, _ = row_losses(llama, E, E, loc, loc, slots, targets, n, 2.0)
+    torch.testing.assert_close(plain, ce.sum(1) / n)
+    torch.testing.assert_close(focal, (ce * (1 - torch.exp(-ce)) ** 2).sum(1) / n)
+    assert bool((focal < plain).all())
+
+
 def test_nonfinite_loss_fails_only_that_row(llama, monkeypatch):
     calls = {"n": 0}
     layer = llama.model.model.layers[0]
@@ -206,7 +248,9 @@ def test_lr_schedules():
     assert pt.Recipe().lr_at(4999) == 0.01
 
 
-@pytest.mark.parametrize("bad", [dict(init="zeros"), dict(schedule="step"), dict(max_steps=-1), dict(lr=0)])
+@pytest.mark.parametrize("bad", [dict(init="zeros"), dict(schedule="step"), dict(max_steps=-1), dict(lr=0),
+                                 dict(restarts=2), dict(restarts=-1), dict(restarts=1, restart_after=0),
+                                 dict(focal_gamma=-1.0)])
 def test_bad_recipe_values(bad):
     with pytest.raises(pt.PrototokensError):
         pt.get_recipe("paper", **bad)

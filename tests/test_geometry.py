@@ -99,6 +99,17 @@ def test_distance_classes(fs):
     json.dumps(res)
 
 
+def test_displacement_from_the_engines_own_start(fs, llama, tmp_path):
+    res = geo.displacement(llama, fs)
+    assert len(res["from_init"]) == len(fs.solutions) and all(0 <= v <= 2 for v in res["from_init"])
+    assert res["summary"]["relative_move"]["mean"] > 0  # these solutions were trained
+    json.dumps(res)
+    # with no optimisation step the solutions are their starts: distance 0, no move
+    geo.build_fit_set(llama, 1, 2, 4, 2, tmp_path, TINY_RECIPE.replace(max_steps=0), seed=0)
+    still = geo.displacement(llama, geo.load_fit_set(tmp_path))
+    assert max(still["from_init"]) < 1e-6 and max(still["relative_move"]) == 0
+
+
 def test_tfidf_distance():
     texts = ["the cat sat on the mat", "the cat sat on the mat", "a dog ran in the park", "quantum flux", "?!"]
     d = geo.tfidf_distances(texts)

@@ -72,6 +72,7 @@ class RowResult(FittedRow):
     e_index: int = 0
     m_index: int = 0
     c_tokens: int = 0
+    restarts: int = 0
 
 
 @dataclass
@@ -148,6 +149,7 @@ class ProtoTokens:
                     token_ids=ids, seed=r["seed"], e_index=r["e_index"], m_index=r["m_index"],
                     accuracy=r["accuracy"], c_tokens=r["c_tokens"], correct=[c == "1" for c in r["correct"]],
                     steps=r["steps"], loss=r["loss"], status=r["status"], text=r.get("text"),
+                    restarts=r.get("restarts", 0),
                 ))
             return cls(e=tensors["e"], m=tensors["m"], rows=rows, arrangement=head["arrangement"],
                        model_name=head["model"], fingerprint=head["fingerprint"], recipe=head["recipe"],

@@ -40,7 +40,8 @@ def _read_text(args: argparse.Namespace) -> str:
 
 def _recipe(pt, args: argparse.Namespace):
     return pt.get_recipe(args.recipe, max_steps=args.steps, lr=args.lr, init=args.init,
-                         init_scale=args.init_scale, schedule=args.schedule, patience=args.patience)
+                         init_scale=args.init_scale, schedule=args.schedule, patience=args.patience,
+                         restarts=args.restarts, restart_after=args.restart_after, focal_gamma=args.focal_gamma)
 
 
 def _share(value: str) -> int:
@@ -215,9 +216,10 @@ def cmd_geometry(args: argparse.Namespace) -> int:
                                     recipe=recipe, seed=args.seed, progress=not args.quiet)
         print(f"fit set in {args.dir}: {len(fs.solutions)} solutions")
         return 0
-    options = {"bezier": {"steps": args.bezier_steps, "lr": args.bezier_lr}}
+    options = {"bezier": {"steps": args.bezier_steps, "lr": args.bezier_lr, "taus_per_step": args.bezier_taus,
+                          "max_texts": args.bezier_texts, "max_pairs_per_text": args.bezier_pairs}}
     summary = geometry.run_geometry(args.dir, args.out or args.dir, args.analyses, device=args.device,
-                                    dtype=args.dtype, options=options)
+                                    dtype=args.dtype, min_accuracy=args.min_accuracy, options=options)
     print(json.dumps(summary, indent=1) if args.json else f"wrote {Path(args.out or args.dir) / 'geometry.json'}")
     return 0
 
@@ -324,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-scale", type=float, help="initialisation scale (recipe default)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (recipe default)")
     p.add_argument("--patience", type=_positive, help="stop after this many steps without improvement")
+    p.add_argument("--restarts", type=int, help="re-initialise a stalled fit at most this many times (recipe default)")
+    p.add_argument("--restart-after", type=_positive, help="steps without improvement before a restart")
+    p.add_argument("--focal-gamma", type=float, help="focal loss shaping exponent (recipe default: 0 = plain CE)")
     p.add_argument("--seeds", type=_positive, default=1, help="independent fits (seeds 0..K-1), all saved")
     p.add_argument("--share-m", type=_share, default=1, metavar="K|all",
                    help="seeds per group sharing one m (default 1: each its own)")
@@ -383,8 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="maximum fitting steps (recipe default)")
     p.add_argument("--analyses", nargs="+", choices=ANALYSES, help="default: all")
     p.add_argument("--out", help="where analyses write (default: the fit set's directory)")
+    p.add_argument("--min-accuracy", type=float, default=1.0,
+                   help="analyse only solutions at least this accurate (default 1.0: exact ones, as the paper)")
     p.add_argument("--bezier-steps", type=int, default=300)
     p.add_argument("--bezier-lr", type=float, default=0.01)
+    p.add_argument("--bezier-taus", type=_positive, default=8, help="random curve points per pair per step")
+    p.add_argument("--bezier-texts", type=_positive, default=5, help="texts with several seeds to connect (paper: 5)")
+    p.add_argument("--bezier-pairs", type=_positive, help="at most this many seed pairs per text (default: all)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_geometry)

@@ -168,10 +168,16 @@ def forward_hidden(lm: FrozenLM, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def row_losses(lm: FrozenLM, E: torch.Tensor, M: torch.Tensor, e_loc: torch.Tensor, m_loc: torch.Tensor,
-               slots: torch.Tensor, targets: torch.Tensor, n_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy of each row (R,) and per-position correctness (R, L): one forward pass."""
+               slots: torch.Tensor, targets: torch.Tensor, n_tokens: torch.Tensor,
+               focal_gamma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy of each row (R,) and per-position correctness (R, L): one forward pass.
+
+    With focal_gamma > 0 each token's cross-entropy is weighted by (1 - p)^gamma first (focal loss).
+    """
     inputs = assemble_inputs(E[e_loc], M[m_loc], slots)
     loss, correct = chunked_token_losses(lm, forward_hidden(lm, inputs), targets)
+    if focal_gamma:
+        loss = loss * (-torch.expm1(-loss)).clamp(min=0).pow(focal_gamma)
     return loss.sum(1) / n_tokens, correct
 
 
@@ -215,6 +221,10 @@ class _Run:
             torch.distributed.all_reduce(self.unit_size)
             torch.distributed.broadcast(self.best_m, src=0)  # one m, the same start on every rank
         self.status = ["max_steps"] * n_units
+        # the current attempt's best, for restarts (the overall best above is what is kept)
+        self.try_acc = torch.full((n_units,), -1.0, device=dev)
+        self.try_step = torch.zeros(n_units, dtype=torch.long, device=dev)
+        self.restarts = [0] * n_units
         self.active = torch.arange(len(rows), device=dev)
         self.e_ids = torch.unique(self.row_e)  # global ids of the active e / m vectors
         self.m_ids = torch.unique(self.row_m)
@@ -241,7 +251,8 @@ class _Run:
             m_loc = torch.cat([m_loc, m_loc.new_zeros(extra)])
         with torch.set_grad_enabled(update):
             row_loss, correct = self.loss_fn(self.lm, self.E, self.M, e_loc, m_loc, self.prob.slots[batch],
-                                             self.prob.targets[batch], self.prob.n_tokens[batch])
+                                             self.prob.targets[batch], self.prob.n_tokens[batch],
+                                             self.recipe.focal_gamma)
             row_loss, correct = row_loss[:len(rows)], correct[:len(rows)]
             finite = torch.isfinite(row_loss)
         n = self.prob.n_tokens[rows]
@@ -259,6 +270,9 @@ class _Run:
         live[units] = True
         improved = live & ~self.bad & (unit_acc > self.best_acc)
         self.best_acc = torch.where(improved, unit_acc, self.best_acc)
+        try_imp = live & ~self.bad & (unit_acc > self.try_acc)
+        self.try_acc = torch.where(try_imp, unit_acc, self.try_acc)
+        self.try_step = torch.where(try_imp, torch.full_like(self.try_step, step), self.try_step)
         self.best_step = torch.where(improved, torch.full_like(self.best_step, step), self.best_step)
         imp_row = improved[units].unsqueeze(-1)
         self.best_correct[rows] = torch.where(imp_row, correct, self.best_correct[rows])
@@ -276,8 +290,34 @@ class _Run:
         if self.distributed and self.M.grad is not None:
             torch.distributed.all_reduce(self.M.grad)  # sum over every rank's texts, as in one process
 
+    def restart_stalled(self, step: int) -> None:
+        """Re-initialise units whose current attempt has stalled (recipe.restarts / restart_after)."""
+        r = self.recipe
+        units = self.row_unit[self.active]
+        live = torch.zeros_like(self.bad)
+        live[units] = True
+        stall = live & ~self.bad & (self.best_acc < r.stop_accuracy) & (step - self.try_step >= r.restart_after)
+        todo = [u for u in torch.nonzero(stall).flatten().tolist() if self.restarts[u] < r.restarts]
+        for u in todo:
+            self.restarts[u] += 1
+            self.try_acc[u], self.try_step[u] = -1.0, step
+            for param, ids, row_of, unit_of, tag in ((self.E, self.e_ids, self.row_e, self.e_unit, "e"),
+                                                      (self.M, self.m_ids, self.row_m, self.m_unit, "m")):
+                loc = torch.nonzero(unit_of[ids] == u).flatten()
+                if not len(loc):
+                    continue
+                first = [int(torch.nonzero(row_of == ids[i])[0]) for i in loc.tolist()]
+                keys = [(self.rows[i].token_ids, self.rows[i].seed, f"{tag}/restart{self.restarts[u]}") for i in first]
+                with torch.no_grad():
+                    param[loc] = init_vectors(self.lm, keys, r).to(param.device)
+                    for k, v in self.opt.state.get(param, {}).items():
+                        if k.startswith("exp_avg"):
+                            v[loc] = 0
+
     def finish_units(self, step: int, final: bool) -> bool:
         """Retire stopped units and compact the batch; return whether any row is still active."""
+        if self.recipe.restarts and not final:
+            self.restart_stalled(step)
         units = self.row_unit[self.active]
         done = stopped(self.recipe, self.bad, self.best_acc, self.best_step, step, final)
         keep_row = ~done[units]
@@ -310,6 +350,7 @@ class _Run:
             r.steps = int(self.best_step[u])
             r.loss = float(self.best_loss[i])
             r.status = self.status[u]
+            r.restarts = self.restarts[u]
 
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -7,6 +7,7 @@ two prototokens artefacts plus ``index.json`` and read back by `load_fit_set`. O
 
 - `distances` (Fig. 6): cosine distances of e between pairs of solutions of the same text (different
   seeds), of texts with the same context, and of texts with different contexts;
+- `displacement` (ours): how far each e moved from its random start, and the same distances for e - e0;
 - `text_control` (Fig. 5): e-distance against the texts' TF-IDF and MiniLM (all-MiniLM-L6-v2) distances,
   binned, for same-context and different-context pairs;
 - `interpolation` (Fig. 7): accuracy along the straight line between two same-text solutions (e and m);
@@ -42,14 +43,14 @@ from . import data  # noqa: E402
 from .arrangements import Arrangement, get_arrangement  # noqa: E402
 from .artefacts import ProtoTokens  # noqa: E402
 from .baseline import greedy_decode_batch  # noqa: E402
-from .engine import assemble_inputs, chunked_token_losses, fit_token_ids, forward_hidden  # noqa: E402
+from .engine import assemble_inputs, chunked_token_losses, fit_token_ids, forward_hidden, init_vectors  # noqa: E402
 from .errors import PrototokensError  # noqa: E402
 from .loading import FrozenLM, check_model, load_model  # noqa: E402
 from .recipes import Recipe, get_recipe  # noqa: E402
 
 INDEX = "index.json"
 FORMAT = "prototokens-geometry/1"
-ANALYSES = ("distances", "text_control", "interpolation", "bezier", "probing")
+ANALYSES = ("distances", "displacement", "text_control", "interpolation", "bezier", "probing")
 PAIR_CLASSES = ("same_text", "same_context", "different_context")
 PROBES = {"e": "[e]", "bos-e": "[BOS, e]", "e-m": "[e, m]", "bos-e-m": "[BOS, e, m]"}
 
@@ -322,6 +323,47 @@ def distances(fs: FitSet, vector: str = "e") -> dict:
             "summary": {"vector": vector, **{c: _stats(v) for c, v in classes.items()}, "ordered": order}}
 
 
+def initial_vectors(lm: FrozenLM, fs: FitSet, tag: str = "e") -> torch.Tensor:
+    """Each solution's starting vector, redrawn from the fit set's recipe, text and seed as the engine drew it."""
+    recipe = Recipe.from_dict(fs.index["recipe"])
+    return init_vectors(lm, [(s.token_ids, s.seed, tag) for s in fs.solutions], recipe)
+
+
+def displacement(lm: FrozenLM, fs: FitSet) -> dict:
+    """How far optimisation moved each e from its random start, and the Fig. 6 distances of the moves.
+
+    ``from_init``: cosine distance between e and its initial vector (0 = never moved); ``relative_move``:
+    |e - e0| / |e0|; ``classes``: cosine distances of the displacements e - e0 per pair class. When the
+    init dominates e, the distances of e itself only reflect independent random starts.
+    """
+    e = torch.stack([s.e.float() for s in fs.solutions])
+    e0 = initial_vectors(lm, fs).float()
+    moves = e - e0
+    from_init = [float(cosine_distance(a, b)) for a, b in zip(e, e0, strict=True)]
+    rel = (moves.norm(dim=1) / e0.norm(dim=1).clamp(min=1e-12)).tolist()
+    d = cosine_distances(moves.numpy())
+    classes = {c: [float(d[a, b]) for a, b in pairs] for c, pairs in pair_classes(fs).items()}
+    means = {c: np.mean(v) if v else None for c, v in classes.items()}
+    order = None
+    if all(m is not None for m in means.values()):
+        order = bool(means["same_text"] < means["same_context"] < means["different_context"])
+    return {"from_init": from_init, "relative_move": rel, "classes": classes,
+            "summary": {"from_init": _stats(from_init), "relative_move": _stats(rel),
+                        **{c: _stats(v) for c, v in classes.items()}, "ordered": order}}
+
+
+def plot_displacement(result: dict, path: str | Path) -> Path:
+    """Left: how far each e moved from its start; right: Fig. 6 densities for the moves e - e0."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.hist(result["from_init"], bins=20, color="tab:gray")
+    a.set_xlabel("cosine distance between e and its initial vector")
+    a.set_ylabel("solutions")
+    a.set_title("how far e moved from its random start")
+    _class_densities(b, result["classes"], "cosine distance of e - e0")
+    b.set_title("distances of the displacements by pair class")
+    return _save(fig, path)
+
+
 def _kde(values: np.ndarray, grid: np.ndarray, max_points: int = 20000) -> np.ndarray:
     """Gaussian kernel density (Scott's bandwidth) of `values` on `grid`."""
     if len(values) > max_points:
@@ -337,20 +379,25 @@ LABELS = {"same_text": "same text (seeds)", "same_context": "same context", "dif
 def plot_distances(result: dict, path: str | Path) -> Path:
     """Densities of the cosine distance per pair class (Fig. 6)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    allv = np.concatenate([np.asarray(v, dtype=float) for v in result["classes"].values()] + [np.ones(0)])
+    _class_densities(ax, result["classes"], f"cosine distance of {result['vector']}")
+    ax.set_title("Fig. 6: proto-token distances by pair class")
+    return _save(fig, path)
+
+
+def _class_densities(ax, classes: dict[str, list[float]], xlabel: str) -> None:
+    """One density curve per pair class on `ax` (a dashed line for a class with one pair)."""
+    allv = np.concatenate([np.asarray(v, dtype=float) for v in classes.values()] + [np.ones(0)])
     lo, hi = (allv.min(), allv.max()) if allv.size else (0.0, 1.0)
     grid = np.linspace(max(0.0, lo - 0.05), hi + 0.05, 300)
     for c in PAIR_CLASSES:
-        v = np.asarray(result["classes"][c], dtype=float)
+        v = np.asarray(classes[c], dtype=float)
         if v.size >= 2:
             ax.plot(grid, _kde(v, grid), label=f"{LABELS[c]} (n={v.size})")
         elif v.size == 1:
             ax.axvline(v[0], ls="--", label=f"{LABELS[c]} (n=1)")
-    ax.set_xlabel(f"cosine distance of {result['vector']}")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
-    ax.set_title("Fig. 6: proto-token distances by pair class")
     ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -760,7 +807,8 @@ def _check(lm: FrozenLM, fs: FitSet) -> None:
     check_model(lm, fs.index["model"], fs.index["fingerprint"], fs.solutions[0].e.shape[0], what="proto-tokens")
 
 
-_RUN = {"distances": (False, distances, plot_distances), "text_control": (False, text_control, plot_text_control),
+_RUN = {"distances": (False, distances, plot_distances), "displacement": (True, displacement, plot_displacement),
+        "text_control": (False, text_control, plot_text_control),
         "interpolation": (True, interpolation, plot_interpolation), "bezier": (True, bezier, plot_bezier),
         "probing": (True, probing, plot_probing)}
 
@@ -821,6 +869,11 @@ def _ours(name: str, s: dict) -> str:
         parts = [f"{LABELS[c]} {_f(s[c].get('mean'))} ± {_f(s[c].get('std'))} (n={s[c]['n']})" for c in PAIR_CLASSES]
         order = {True: "ordered as in the paper", False: "not ordered as in the paper", None: "order undetermined"}
         return f"mean cosine distance of {s['vector']}: " + "; ".join(parts) + f"; {order[s.get('ordered')]}"
+    if name == "displacement":
+        parts = [f"{LABELS[c]} {_f(s[c].get('mean'))}" for c in PAIR_CLASSES]
+        return (f"cosine distance of e from its own random start: mean {_f(s['from_init'].get('mean'))} "
+                f"(|e - e0| / |e0| {_f(s['relative_move'].get('mean'))}); mean cosine distance of the moves e - e0: "
+                + "; ".join(parts))
     if name == "text_control":
         parts = []
         for m, label in (("tfidf", "TF-IDF"), ("minilm", "MiniLM")):
@@ -860,7 +913,8 @@ def geometry_report_section(out_dir: str | Path, figures: str = "") -> str:
             f"(min accuracy {fs['min_accuracy']}), mean accuracy {_f(fs['mean_accuracy'])}, exact "
             f"{_f(fs['exact_fraction'], 2)}; recipe {fs['recipe']}. Paper: 50 contexts x 10 continuations, "
             f"10 seeds for the 10th.*")
-    what = {"distances": ("distances (Fig. 6)", "distances"), "text_control": ("text-distance control (Fig. 5)", "distances"),
+    what = {"distances": ("distances (Fig. 6)", "distances"),
+            "displacement": ("displacement from the random start (ours)", None), "text_control": ("text-distance control (Fig. 5)", "distances"),
             "interpolation": ("linear interpolation (Fig. 7)", "interpolation"),
             "bezier": ("Bezier curves (Eq. 4-5)", "bezier"), "probing": ("probing (greedy from [e], [BOS, e], ...)", None)}
     rows, figs = [], []

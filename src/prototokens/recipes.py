@@ -26,6 +26,11 @@ class Recipe:
         ``tokens``: the input embedding of a random vocabulary token, times init_scale.
     schedule: learning-rate schedule after ``warmup_steps`` of linear warm-up.
     patience: stop a fit when its best accuracy has not improved for this many steps.
+    restarts / restart_after: re-initialise a fit (fresh vectors from a new seed, fresh Adam state)
+        when its current attempt has not improved for ``restart_after`` steps, at most ``restarts``
+        times; the best state over all attempts is kept and the step budget is shared.
+    focal_gamma: loss shaping; each token's cross-entropy is weighted by (1 - p)^gamma (focal loss),
+        so tokens already right weigh little and the last wrong ones dominate (0 = plain mean CE).
     """
 
     name: str = "paper"
@@ -40,6 +45,9 @@ class Recipe:
     min_lr_ratio: float = 0.0
     patience: int | None = None
     stop_accuracy: float = 1.0
+    restarts: int = 0
+    restart_after: int | None = None
+    focal_gamma: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,6 +61,12 @@ class Recipe:
             raise PrototokensError(f"learning rate must be > 0, got {self.lr}")
         if self.patience is not None and self.patience < 1:
             raise PrototokensError(f"patience must be >= 1, got {self.patience}")
+        if self.restarts < 0:
+            raise PrototokensError(f"restarts must be >= 0, got {self.restarts}")
+        if self.restarts and (self.restart_after is None or self.restart_after < 1):
+            raise PrototokensError("restarts need restart_after >= 1 (steps without improvement before a restart)")
+        if self.focal_gamma < 0:
+            raise PrototokensError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimiser step `step` (0-based)."""

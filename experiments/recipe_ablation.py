@@ -1,0 +1,111 @@
+"""Recipe ablations: which init, learning rate, schedule, arrangement, restarts and loss shaping
+make one-step fits converge, on the same texts and step budget (docs/recipe.md, issue #6).
+
+Every variant fits the same Project Gutenberg passages (their first N tokens, `m` not shared) and
+reports how many reached 100%, the median steps to get there (a failure counts as more than the
+budget), mean accuracy, how often the first token (the output at `e`) is right, and wall time.
+Step counts do not depend on the device, so they can be compared across machines; seconds cannot.
+
+    python experiments/recipe_ablation.py --tokens 32 --texts 4 --steps 300 --json FILE
+    python experiments/recipe_ablation.py --variants paper large-init --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import prototokens as pt
+from prototokens import data
+
+# name -> (arrangement, recipe overrides on `paper`); init "embedding" scales are multiples of the
+# embedding std (0.136 on SmolLM2, so x75 is about the N(0, 10^2) of large-init).
+LARGE = {"init_scale": 10.0, "lr": 0.1}
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "paper": ("e-m", {}),
+    "paper, [e][m]xN": ("e-m-plus", {}),
+    "init x3, lr 0.03": ("e-m", {"init_scale": 3.0, "lr": 0.03}),
+    "large-init": ("e-m", LARGE),
+    "large-init, [e][m]xN": ("e-m-plus", LARGE),
+    "large-init, lr 0.03": ("e-m", {**LARGE, "lr": 0.03}),
+    "large-init, lr 0.3": ("e-m", {**LARGE, "lr": 0.3}),
+    "init x30, lr 0.3": ("e-m", {"init_scale": 30.0, "lr": 0.3}),
+    "embedding-std x75": ("e-m", {"init": "embedding", "init_scale": 75.0, "lr": 0.1}),
+    "token embedding x75": ("e-m", {"init": "tokens", "init_scale": 75.0, "lr": 0.1}),
+    "large-init, cosine": ("e-m", {**LARGE, "schedule": "cosine", "warmup_steps": 10}),
+    "large-init, focal 2": ("e-m", {**LARGE, "focal_gamma": 2.0}),
+    "large-init, restarts": ("e-m", {**LARGE, "restarts": 3, "restart_after": 60}),
+    "large-init, no weight decay": ("e-m", {**LARGE, "weight_decay": 0.0}),
+    "large-init, betas (0.9, 0.99)": ("e-m", {**LARGE, "betas": (0.9, 0.99)}),
+}
+
+
+def median_steps(steps: list[int | None], budget: int) -> str:
+    """Median steps to 100%, failures counted as above the budget."""
+    key = sorted(s if s is not None else budget + 1 for s in steps)
+    med = statistics.median_low(key)
+    return f"> {budget}" if med > budget else str(med)
+
+
+def run_variant(lm: pt.FrozenLM, name: str, ids: list[list[int]], steps: int, seeds: int) -> dict:
+    arrangement, changes = VARIANTS[name]
+    recipe = pt.get_recipe("paper", max_steps=steps, **changes).replace(name=name)
+    t = time.perf_counter()
+    fit = pt.fit_token_ids(lm, ids, seeds=seeds, arrangement=arrangement, recipe=recipe)
+    secs = time.perf_counter() - t
+    rows = [{"text": i // seeds, "seed": r.seed, "n_tokens": r.n_tokens, "accuracy": r.accuracy,
+             "steps": r.steps, "status": r.status, "restarts": r.restarts,
+             "correct": "".join("1" if c else "0" for c in r.correct)} for i, r in enumerate(fit.rows)]
+    done = [r["steps"] if r["accuracy"] >= 1.0 else None for r in rows]
+    return {"variant": name, "arrangement": arrangement, "recipe": recipe.to_dict(), "rows": rows,
+            "exact": sum(s is not None for s in done), "fits": len(rows),
+            "median_steps": median_steps(done, steps),
+            "mean_accuracy": statistics.fmean(r["accuracy"] for r in rows),
+            "first_token_right": statistics.fmean(r["correct"][0] == "1" for r in rows),
+            "seconds": secs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--tokens", type=int, default=32, help="N: the first N tokens of each passage")
+    ap.add_argument("--texts", type=int, default=4, help="Gutenberg passages")
+    ap.add_argument("--seeds", type=int, default=1, help="fits per text (seeds 0..K-1)")
+    ap.add_argument("--steps", type=int, default=300, help="step budget per fit")
+    ap.add_argument("--variants", nargs="+", help="run only these variants (exact names; default: all)")
+    ap.add_argument("--list", action="store_true", help="list the variants and exit")
+    ap.add_argument("--json", help="write every row here")
+    args = ap.parse_args()
+    names = args.variants or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if args.list or unknown:
+        if unknown:
+            print(f"error: unknown variant(s) {', '.join(map(repr, unknown))}", file=sys.stderr)
+        for n, (arr, ch) in VARIANTS.items():
+            print(f"{n!r}: {arr} {ch}")
+        sys.exit(2 if unknown else 0)
+    lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
+    ids = [data.prefix_tokens(lm, t.text, args.tokens) for t in data.load_texts("gutenberg", args.texts, 0)]
+    out = {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype), "tokens": args.tokens,
+           "texts": args.texts, "seeds": args.seeds, "steps": args.steps, "results": []}
+    print(f"# recipe ablation: {lm.name} ({lm.device}, {lm.dtype}), {args.texts} Gutenberg texts x "
+          f"{args.seeds} seed(s), N={args.tokens}, budget {args.steps} steps\n")
+    print("| variant | arrangement | 100% | median steps to 100% | mean accuracy | first token right | seconds |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    for name in names:
+        res = run_variant(lm, name, ids, args.steps, args.seeds)
+        out["results"].append(res)
+        print(f"| {name} | {res['arrangement']} | {res['exact']}/{res['fits']} | {res['median_steps']} | "
+              f"{res['mean_accuracy']:.3f} | {res['first_token_right']:.2f} | {res['seconds']:.0f} |", flush=True)
+        if args.json:  # after every variant, so a stopped run keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
