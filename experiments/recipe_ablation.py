@@ -7,13 +7,16 @@ budget), mean accuracy, how often the first token (the output at `e`) is right, 
 Step counts do not depend on the device, so they can be compared across machines; seconds cannot.
 
     python experiments/recipe_ablation.py --tokens 32 --texts 4 --steps 300 --json FILE
-    python experiments/recipe_ablation.py --variants paper large-init --list
+    python experiments/recipe_ablation.py --list
+
+A rerun with the same --json file and settings keeps the variants already measured there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -33,6 +36,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "large-init, lr 0.03": ("e-m", {**LARGE, "lr": 0.03}),
     "large-init, lr 0.3": ("e-m", {**LARGE, "lr": 0.3}),
     "init x30, lr 0.3": ("e-m", {"init_scale": 30.0, "lr": 0.3}),
+    "init x30, lr 0.3, focal 2": ("e-m", {"init_scale": 30.0, "lr": 0.3, "focal_gamma": 2.0}),
+    "init x30, lr 0.3, [e][m]xN": ("e-m-plus", {"init_scale": 30.0, "lr": 0.3}),
+    "init x100, lr 1": ("e-m", {"init_scale": 100.0, "lr": 1.0}),
     "embedding-std x75": ("e-m", {"init": "embedding", "init_scale": 75.0, "lr": 0.1}),
     "token embedding x75": ("e-m", {"init": "tokens", "init_scale": 75.0, "lr": 0.1}),
     "large-init, cosine": ("e-m", {**LARGE, "schedule": "cosine", "warmup_steps": 10}),
@@ -79,7 +85,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="step budget per fit")
     ap.add_argument("--variants", nargs="+", help="run only these variants (exact names; default: all)")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
-    ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--json", help="write every row here; variants already in it (same settings) are not rerun")
     args = ap.parse_args()
     names = args.variants or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
@@ -97,8 +103,15 @@ def main() -> None:
           f"{args.seeds} seed(s), N={args.tokens}, budget {args.steps} steps\n")
     print("| variant | arrangement | 100% | median steps to 100% | mean accuracy | first token right | seconds |")
     print("|---|---|---|---|---|---|---|", flush=True)
+    done = {}
+    if args.json and os.path.isfile(args.json):
+        with open(args.json) as f:
+            old = json.load(f)
+        if all(old.get(k) == out[k] for k in ("model", "tokens", "texts", "seeds", "steps")):
+            done = {r["variant"]: r for r in old["results"]}
+            out["results"] = [r for r in old["results"] if r["variant"] not in names]
     for name in names:
-        res = run_variant(lm, name, ids, args.steps, args.seeds)
+        res = done.get(name) or run_variant(lm, name, ids, args.steps, args.seeds)
         out["results"].append(res)
         print(f"| {name} | {res['arrangement']} | {res['exact']}/{res['fits']} | {res['median_steps']} | "
               f"{res['mean_accuracy']:.3f} | {res['first_token_right']:.2f} | {res['seconds']:.0f} |", flush=True)

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import prototokens as pt
 from prototokens.cli import main
 
 TINY = ["--model", "tiny-random-llama", "--device", "cpu", "--lr", "0.1", "--steps", "300", "--quiet"]
@@ -33,6 +34,18 @@ def test_fit_json_contract(capsys, tmp_path):
         assert key in d
     assert d["accuracy"] == 1.0 and d["n_tokens"] == 6 and d["c_tokens"] == 6
     assert out_file.exists()
+
+
+@pytest.mark.parametrize("recipe", ["paper", "recommended"])
+def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
+    out_file = tmp_path / "f.safetensors"
+    code, _, _ = run(capsys, "fit", "--text", "Hello!", *TINY, "--recipe", recipe, "--focal-gamma", "1",
+                     "--restarts", "1", "--restart-after", "50", "--out", str(out_file))
+    assert code == 0
+    saved = pt.ProtoTokens.load(out_file).recipe
+    base = pt.get_recipe(recipe)
+    assert saved["name"] == recipe and saved["init_scale"] == base.init_scale and saved["lr"] == 0.1  # TINY sets --lr
+    assert saved["focal_gamma"] == 1.0 and saved["restarts"] == 1 and saved["restart_after"] == 50
 
 
 def test_fit_from_file(capsys, tmp_path):
