@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -50,10 +51,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 
 def median_steps(steps: list[int | None], budget: int) -> str:
-    """Median steps to 100%, failures counted as above the budget."""
-    key = sorted(s if s is not None else budget + 1 for s in steps)
-    med = statistics.median_low(key)
-    return f"> {budget}" if med > budget else str(med)
+    """Median steps to 100%, a failure counted as above the budget ("> budget" if the median is one)."""
+    med = statistics.median(s if s is not None else math.inf for s in steps)
+    return f"> {budget}" if med > budget else f"{med:g}"
+
+
+def summarise(rows: list[dict], budget: int) -> dict:
+    """The table's figures for one variant's rows."""
+    done = [r["steps"] if r["accuracy"] >= 1.0 else None for r in rows]
+    return {"exact": sum(s is not None for s in done), "fits": len(rows), "median_steps": median_steps(done, budget),
+            "mean_accuracy": statistics.fmean(r["accuracy"] for r in rows),
+            "first_token_right": statistics.fmean(r["correct"][0] == "1" for r in rows)}
 
 
 def run_variant(lm: pt.FrozenLM, name: str, ids: list[list[int]], steps: int, seeds: int) -> dict:
@@ -65,13 +73,8 @@ def run_variant(lm: pt.FrozenLM, name: str, ids: list[list[int]], steps: int, se
     rows = [{"text": i // seeds, "seed": r.seed, "n_tokens": r.n_tokens, "accuracy": r.accuracy,
              "steps": r.steps, "status": r.status, "restarts": r.restarts,
              "correct": "".join("1" if c else "0" for c in r.correct)} for i, r in enumerate(fit.rows)]
-    done = [r["steps"] if r["accuracy"] >= 1.0 else None for r in rows]
     return {"variant": name, "arrangement": arrangement, "recipe": recipe.to_dict(), "rows": rows,
-            "exact": sum(s is not None for s in done), "fits": len(rows),
-            "median_steps": median_steps(done, steps),
-            "mean_accuracy": statistics.fmean(r["accuracy"] for r in rows),
-            "first_token_right": statistics.fmean(r["correct"][0] == "1" for r in rows),
-            "seconds": secs}
+            **summarise(rows, steps), "seconds": secs}
 
 
 def main() -> None:
@@ -112,6 +115,7 @@ def main() -> None:
             out["results"] = [r for r in old["results"] if r["variant"] not in names]
     for name in names:
         res = done.get(name) or run_variant(lm, name, ids, args.steps, args.seeds)
+        res.update(summarise(res["rows"], args.steps))
         out["results"].append(res)
         print(f"| {name} | {res['arrangement']} | {res['exact']}/{res['fits']} | {res['median_steps']} | "
               f"{res['mean_accuracy']:.3f} | {res['first_token_right']:.2f} | {res['seconds']:.0f} |", flush=True)
