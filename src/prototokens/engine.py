@@ -266,8 +266,7 @@ class _Run:
             torch.distributed.all_reduce(n_bad)
         unit_acc = acc_sum / size.clamp(min=1)
         self.bad |= n_bad > 0
-        live = torch.zeros_like(self.bad)
-        live[units] = True
+        live = self._live_units()
         improved = live & ~self.bad & (unit_acc > self.best_acc)
         self.best_acc = torch.where(improved, unit_acc, self.best_acc)
         try_imp = live & ~self.bad & (unit_acc > self.try_acc)
@@ -286,6 +285,12 @@ class _Run:
         if update:
             optimiser_step(self.opt, self.recipe, step, row_loss, finite, (self.E, self.M), self._reduce_m)
 
+    def _live_units(self) -> torch.Tensor:
+        """(n_units,) bool: the units with a row still in the active batch."""
+        live = torch.zeros_like(self.bad)
+        live[self.row_unit[self.active]] = True
+        return live
+
     def _reduce_m(self) -> None:
         if self.distributed and self.M.grad is not None:
             torch.distributed.all_reduce(self.M.grad)  # sum over every rank's texts, as in one process
@@ -293,10 +298,7 @@ class _Run:
     def restart_stalled(self, step: int) -> None:
         """Re-initialise units whose current attempt has stalled (recipe.restarts / restart_after)."""
         r = self.recipe
-        units = self.row_unit[self.active]
-        live = torch.zeros_like(self.bad)
-        live[units] = True
-        stall = live & ~self.bad & (self.best_acc < r.stop_accuracy) & (step - self.try_step >= r.restart_after)
+        stall = self._live_units() & ~self.bad & (self.best_acc < r.stop_accuracy) & (step - self.try_step >= r.restart_after)
         todo = [u for u in torch.nonzero(stall).flatten().tolist() if self.restarts[u] < r.restarts]
         for u in todo:
             self.restarts[u] += 1

@@ -311,16 +311,22 @@ def _vectors(fs: FitSet, vector: str) -> np.ndarray:
     return np.stack([getattr(s, vector).float().numpy() for s in fs.solutions])
 
 
-def distances(fs: FitSet, vector: str = "e") -> dict:
-    """Cosine distances of `vector` (e, m, or em = both) per pair class (Fig. 6), with summaries."""
-    d = cosine_distances(_vectors(fs, vector))
+def class_distances(fs: FitSet, vectors: np.ndarray) -> tuple[dict[str, list[float]], dict]:
+    """Cosine distances between the rows of `vectors` (one per solution) per pair class, and their
+    summary: stats per class and whether the class means are ordered as in the paper."""
+    d = cosine_distances(vectors)
     classes = {c: [float(d[a, b]) for a, b in pairs] for c, pairs in pair_classes(fs).items()}
     means = {c: np.mean(v) if v else None for c, v in classes.items()}
     order = None
     if all(m is not None for m in means.values()):
         order = bool(means["same_text"] < means["same_context"] < means["different_context"])
-    return {"vector": vector, "classes": classes,
-            "summary": {"vector": vector, **{c: _stats(v) for c, v in classes.items()}, "ordered": order}}
+    return classes, {**{c: _stats(v) for c, v in classes.items()}, "ordered": order}
+
+
+def distances(fs: FitSet, vector: str = "e") -> dict:
+    """Cosine distances of `vector` (e, m, or em = both) per pair class (Fig. 6), with summaries."""
+    classes, summary = class_distances(fs, _vectors(fs, vector))
+    return {"vector": vector, "classes": classes, "summary": {"vector": vector, **summary}}
 
 
 def initial_vectors(lm: FrozenLM, fs: FitSet, tag: str = "e") -> torch.Tensor:
@@ -341,15 +347,9 @@ def displacement(lm: FrozenLM, fs: FitSet) -> dict:
     moves = e - e0
     from_init = [float(cosine_distance(a, b)) for a, b in zip(e, e0, strict=True)]
     rel = (moves.norm(dim=1) / e0.norm(dim=1).clamp(min=1e-12)).tolist()
-    d = cosine_distances(moves.numpy())
-    classes = {c: [float(d[a, b]) for a, b in pairs] for c, pairs in pair_classes(fs).items()}
-    means = {c: np.mean(v) if v else None for c, v in classes.items()}
-    order = None
-    if all(m is not None for m in means.values()):
-        order = bool(means["same_text"] < means["same_context"] < means["different_context"])
+    classes, summary = class_distances(fs, moves.numpy())
     return {"from_init": from_init, "relative_move": rel, "classes": classes,
-            "summary": {"from_init": _stats(from_init), "relative_move": _stats(rel),
-                        **{c: _stats(v) for c, v in classes.items()}, "ordered": order}}
+            "summary": {"from_init": _stats(from_init), "relative_move": _stats(rel), **summary}}
 
 
 def plot_displacement(result: dict, path: str | Path) -> Path:
