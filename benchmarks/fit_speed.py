@@ -77,6 +77,8 @@ def matmul_peak(lm: pt.FrozenLM) -> float:
 def loop_fit(lm: pt.FrozenLM, ids: list[int], recipe: pt.Recipe, max_steps: int, seed: int = 0,
              stop: bool = True) -> tuple[bool, int]:
     """The paper's procedure for one text, written plainly: returns (reached 100%, steps)."""
+    if recipe.init != "normal" or recipe.schedule != "constant" or recipe.warmup_steps or recipe.restarts:
+        raise SystemExit(f"the loop implements N(0, s) init, a constant lr and focal loss only; not {recipe.name}")
     d, n = lm.hidden_size, len(ids)
     g = torch.Generator().manual_seed(seed)
     e = (torch.randn(d, generator=g) * recipe.init_scale).to(lm.device).requires_grad_()
@@ -91,7 +93,8 @@ def loop_fit(lm: pt.FrozenLM, ids: list[int], recipe: pt.Recipe, max_steps: int,
             return True, step
         if step == max_steps:
             break
-        loss = F.cross_entropy(logits, target)
+        ce = F.cross_entropy(logits, target, reduction="none")
+        loss = (ce * (1 - torch.exp(-ce)).pow(recipe.focal_gamma)).mean() if recipe.focal_gamma else ce.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -159,6 +162,9 @@ def decode_times(lm, n, reps):
             "one_pass_over_bare": one_pass / bare, "speedup_vs_generate": gen / one_pass}
 
 
+SECTIONS = ("steps", "reconstruction", "decode")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -171,6 +177,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=2000, help="step budget per text in that comparison")
     ap.add_argument("--recipe", default="large-init")
     ap.add_argument("--compile", action="store_true", help="captured engine step (CUDA graphs on a GPU)")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                    help="run only these measurements (default: all three)")
     ap.add_argument("--json", help="also write all figures to this JSON file")
     args = ap.parse_args()
 
@@ -184,9 +192,10 @@ def main() -> None:
     out = {"model": lm.name, "device": dev, "dtype": str(lm.dtype), "peak_tflops": peak, "compile": args.compile,
            "steps": [], "reconstruction": [], "decode": []}
 
-    print("| N | batch | loop step (b=1) | engine step | engine tokens/s | engine TFLOP/s | % of peak |")
-    print("|---|---|---|---|---|---|---|")
-    for n in args.ns:
+    if "steps" in args.only:
+        print("| N | batch | loop step (b=1) | engine step | engine tokens/s | engine TFLOP/s | % of peak |")
+        print("|---|---|---|---|---|---|---|")
+    for n in args.ns if "steps" in args.only else []:
         for b in args.batches:
             loop_s, eng_s = step_times(lm, n, b, args.steps, args.compile)
             tok_s = b * n / eng_s
@@ -196,17 +205,19 @@ def main() -> None:
             print(f"| {n} | {b} | {loop_s * 1e3:.1f} ms | {eng_s * 1e3:.1f} ms | {tok_s:,.0f} | {tflops:.3f} "
                   f"| {100 * tflops / peak:.1f}% |", flush=True)
 
-    print("\n| N | texts | recipe | loop: solved / s | engine: solved / s | loop texts/s | engine texts/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n in args.ns:
+    if "reconstruction" in args.only:
+        print("\n| N | texts | recipe | loop: solved / s | engine: solved / s | loop texts/s | engine texts/s | ratio |")
+        print("|---|---|---|---|---|---|---|---|")
+    for n in args.ns if "reconstruction" in args.only else []:
         r = reconstruction_rate(lm, n, args.texts, args.budget, args.recipe, args.compile)
         out["reconstruction"].append({"n": n, "recipe": args.recipe, **r})
         print(f"| {n} | {r['texts']} | {args.recipe} | {r['loop_ok']} / {r['loop_s']:.1f} | {r['engine_ok']} / "
               f"{r['engine_s']:.1f} | {r['loop_rate']:.4f} | {r['engine_rate']:.4f} | {r['ratio']:.1f}x |", flush=True)
 
-    print("\n| N | one-pass decode | bare forward | one-pass / bare | HF generate (KV cache) | one-pass speed-up |")
-    print("|---|---|---|---|---|---|")
-    for n in args.ns:
+    if "decode" in args.only:
+        print("\n| N | one-pass decode | bare forward | one-pass / bare | HF generate (KV cache) | one-pass speed-up |")
+        print("|---|---|---|---|---|---|")
+    for n in args.ns if "decode" in args.only else []:
         d = decode_times(lm, n, reps=20 if lm.device.type == "cuda" else 3)
         out["decode"].append({"n": n, **d})
         print(f"| {n} | {d['one_pass_s'] * 1e3:.1f} ms | {d['bare_forward_s'] * 1e3:.1f} ms | "
