@@ -252,3 +252,15 @@ def test_decoding_with_another_model_is_refused(fitted):
         decode_memory(qwen, fit)
     with pytest.raises(pt.PrototokensError, match="fitted on 'tiny-random-llama'"):
         evaluate_memory(qwen, fit)
+
+
+def test_default_recipe_is_kuratovs_embedding_scale_init(llama, monkeypatch):
+    from prototokens import recipes
+    from prototokens.engine import embedding_stats
+
+    # the default recipe (kuratov), cut to 0 steps: the mem vectors are their start, at the embeddings' scale
+    monkeypatch.setitem(recipes.RECIPES, "kuratov", recipes.RECIPES["kuratov"].replace(max_steps=0))
+    fit = fit_memory(llama, [llama.encode("Hello there")], n_mem=2, seeds=3)
+    assert fit.recipe["name"] == "kuratov" and fit.recipe["patience"] == 2000 and fit.recipe["lr"] == 0.01
+    std = embedding_stats(llama)[1]
+    assert 0.8 * std < fit.mem.std().item() < 1.2 * std and abs(std - 1.0) > 0.3  # not the paper's N(0, 1)

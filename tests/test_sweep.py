@@ -65,6 +65,21 @@ def test_capacity_search_stops_each_text_at_its_first_failure(tmp_path):
     assert any(len(f) < 3 for f in by_text.values())  # 20 steps fit 2 tokens, not 19 (measured)
 
 
+def test_capacity_search_runs_each_sharing_setting_on_its_own(tmp_path):
+    # a text that fails with one m shared by all texts goes on with its own m: same fits as an own-m-only sweep
+    over = {"lr": 0.1, "max_steps": 60}
+    both = tiny_config(lengths=[2, 4, 8, 19], arrangements=["e-m"], share_m=[1, 3], capacity=True, overrides=over)
+    alone = tiny_config(lengths=[2, 4, 8, 19], arrangements=["e-m"], capacity=True, overrides=over)
+    Sweep(both, tmp_path / "both").run(progress=False)
+    Sweep(alone, tmp_path / "alone").run(progress=False)
+    rows = ResultStore(tmp_path / "both").rows()
+    own = sorted((r["text_id"], r["n"], r["accuracy"]) for r in rows if r["share_m"] == 1)
+    assert own == sorted((r["text_id"], r["n"], r["accuracy"]) for r in ResultStore(tmp_path / "alone").rows())
+    reach = {(r["text_id"], r["share_m"]): r["n"] for r in sorted(rows, key=lambda r: r["n"])}
+    # measured: some text failed at 8 with the shared m and went on to 19 with its own
+    assert any(reach[t, 1] > reach[t, 3] for t, _ in reach), reach
+
+
 @pytest.mark.parametrize("bad,message", [
     ({"colour": "red"}, "unknown sweep setting"),
     ({"method": "magic"}, "unknown method"),
@@ -232,3 +247,38 @@ def test_unit_key_follows_text_content():
     unit = Unit("tiny-random-llama", "gutenberg", 4, "e-m", 1, 1, 0, ("text-0",))
     assert unit.key(cfg, [[1, 2, 3, 4]]) == unit.key(cfg, [[1, 2, 3, 4]])
     assert unit.key(cfg, [[1, 2, 3, 4]]) != unit.key(cfg, [[1, 2, 3, 5]])  # same id, new content: a new unit
+
+
+def test_sweep_command_overrides_recipe_and_steps(tmp_path, capsys):
+    from prototokens.cli import main
+
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(CONFIG.format(texts=repr(TEXTS[:1]).replace("'", '"')).replace(
+        "lengths = [4, 5, 6, 7, 8, 9, 10, 11]", "lengths = [4]"))
+    assert main(["sweep", str(cfg_file), "--run", str(tmp_path / "a"), "--recipe", "large-init", "--steps", "3",
+                 "--quiet"]) == 0
+    (row,) = ResultStore(tmp_path / "a").rows()
+    assert row["recipe"] == "large-init" and row["steps"] <= 3
+    saved = (tmp_path / "a" / "config.json").read_text()
+    assert '"recipe": "large-init"' in saved and '"max_steps": 3' in saved and '"lr": 0.1' in saved
+    # the same run dir with the config's own recipe is another sweep: refused, nothing lost
+    assert main(["sweep", str(cfg_file), "--run", str(tmp_path / "a"), "--quiet"]) == 2
+    assert "different sweep config" in capsys.readouterr().err
+    assert ResultStore(tmp_path / "a").count() == 1
+    with pytest.raises(SystemExit):  # argparse: one usage line, exit 2
+        main(["experiment", "capacity", "--recipe", "nope"])
+
+
+def test_report_capacity_section_puts_recipes_side_by_side(tmp_path):
+    for recipe in ("paper", "large-init"):
+        Sweep(tiny_config(name="capacity-cpu", lengths=[2, 4, 19], arrangements=["e-m"], capacity=True, recipe=recipe,
+                          overrides={"lr": 0.1, "max_steps": 30}), tmp_path / recipe).run(progress=False)
+    from prototokens.report import write_report
+
+    text = write_report(tmp_path).read_text()
+    section = text.split("## Capacity search by recipe")[1]
+    summary = [line for line in section.splitlines() if line.startswith("| tiny-random-llama | inline")]
+    assert {line.split(" | ")[3] for line in summary} == {"paper", "large-init"}
+    per_text = [line for line in section.splitlines() if "inline-" in line]
+    assert len(per_text) == 2 * len(TEXTS)
+    assert (tmp_path / "figures" / "capacity.png").stat().st_size > 1000

@@ -18,9 +18,9 @@ teacher-forced token accuracy (100% by default), when `recipe.patience` runs out
 limit, or on a non-finite loss (that row fails, the others go on); its best state is kept and
 it leaves the batch.
 
-The default recipe (`paper`: AdamW lr 0.01, betas (0.9, 0.9), weight decay 0.01, 5000 steps,
-stop at 100%) is also Kuratov et al.'s setup, except that they also stop a text after 2000
-steps without improvement: pass ``recipe=get_recipe("paper", patience=KURATOV_PATIENCE)`` for that.
+The default recipe is `kuratov`, Kuratov et al.'s setup: the paper's optimiser (AdamW lr 0.01,
+betas (0.9, 0.9), weight decay 0.01, 5000 steps, stop at 100%), mem vectors drawn at the scale of
+the model's input embeddings, and a stop after 2000 steps without improvement.
 
 Metrics (`evaluate_memory`): greedy-decoded accuracy and exactness, teacher-forced accuracy,
 H_LM (`metrics.lm_cross_entropy`), the text's total cross-entropy given the mem vectors, and
@@ -59,7 +59,6 @@ from .metrics import lm_cross_entropy, nats_to_bits
 from .recipes import Recipe, get_recipe
 
 FORMAT = "prototokens-memory/1"
-KURATOV_PATIENCE = 2000  # Kuratov et al. stop a text after 2000 steps without improvement
 
 
 @dataclass
@@ -244,13 +243,12 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
                progress: bool = False, texts: list[str] | None = None) -> MemoryFit:
     """Fit K = `n_mem` [mem] vectors for every (text, seed) pair; rows are ordered text-major, seed-minor.
 
-    recipe: default `paper` (= Kuratov et al.'s optimiser; add ``patience=KURATOV_PATIENCE`` for their
-        early stop after 2000 steps without improvement).
+    recipe: default `kuratov` (Kuratov et al.'s setup; see `recipes.RECIPES`).
     max_batch: at most this many rows optimised at once (rows are independent; an out-of-memory
         error also halves the batch).
     check_every: steps between reads of the stop bookkeeping (default 1 on CPU, 10 on GPU).
     """
-    recipe = get_recipe(recipe)
+    recipe = get_recipe(recipe or "kuratov")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not token_ids:
         raise PrototokensError("no texts to fit")

@@ -181,11 +181,23 @@ def _run_sweep(cfg, args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_overrides(cfg, args: argparse.Namespace):
+    """The config with the command line's --device, --dtype, --recipe and --steps applied."""
+    import dataclasses
+
+    overrides = dict(cfg.overrides)  # the config's own settings (a step budget) apply to any recipe
+    if args.steps is not None:
+        overrides["max_steps"] = args.steps
+    changes = {"device": args.device, "dtype": args.dtype, "recipe": args.recipe}
+    cfg = dataclasses.replace(cfg, overrides=overrides, **{k: v for k, v in changes.items() if v})
+    cfg.recipe_obj()  # fail early on a bad recipe or step count
+    return cfg
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepConfig
 
-    changes = {"device": args.device, "dtype": args.dtype}
-    return _run_sweep(SweepConfig.from_toml(args.config, **changes), args)
+    return _run_sweep(_with_overrides(SweepConfig.from_toml(args.config), args), args)
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -197,12 +209,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise PrototokensError("name an experiment (see --list)")
-    cfg = experiments.load(args.name, args.scale)
-    if args.device or args.dtype:
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, device=args.device or cfg.device, dtype=args.dtype or cfg.dtype)
-    return _run_sweep(cfg, args)
+    return _run_sweep(_with_overrides(experiments.load(args.name, args.scale), args), args)
 
 
 def cmd_geometry(args: argparse.Namespace) -> int:
@@ -357,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="override the config's device")
     p.add_argument("--dtype", help="override the config's dtype")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="override the config's recipe (its overrides still apply)")
+    p.add_argument("--steps", type=_positive, help="override the recipe's maximum steps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
 
@@ -368,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--dtype")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="override the config's recipe (its overrides still apply)")
+    p.add_argument("--steps", type=_positive, help="override the recipe's maximum steps")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_experiment)
 

@@ -108,6 +108,10 @@ RECIPES: dict[str, Recipe] = {
     # Provisional (docs/recipe.md, "Ablations at N = 32"): the best of the variants measured so far,
     # 4/4 Gutenberg texts of 32 tokens exact on SmolLM2-135M, median 188.5 steps.
     "recommended": Recipe(name="recommended", init_scale=30.0, lr=0.3, focal_gamma=2.0),
+    # The [mem] baseline as Kuratov et al. train it: the paper's optimiser, mem vectors drawn at the
+    # scale of the input embeddings (as the RMT MemoryCell their wrapper builds on does), and a stop
+    # after 2000 steps without improvement.
+    "kuratov": Recipe(name="kuratov", init="embedding", patience=2000),
 }
 DEFAULT_RECIPE = "paper"
 

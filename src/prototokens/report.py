@@ -66,10 +66,10 @@ def _scale_note(rows: list[dict]) -> str:
 
 
 def capacities(rows: list[dict], success: float = 0.99) -> dict[tuple, dict[str, dict]]:
-    """Per (model, source, share_m, method) and text: the largest N reached (>= success) and its row."""
+    """Per (model, source, share_m, method, recipe) and text: the largest N reached (>= success) and its row."""
     out: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
-        group = (r["model"], r["source"], r["share_m"], r["method"])
+        group = (r["model"], r["source"], r["share_m"], r["method"], r["recipe"])
         best = out[group].get(r["text_id"])
         if r["accuracy"] >= success and (best is None or r["n"] > best["n"]):
             out[group][r["text_id"]] = r
@@ -125,15 +125,27 @@ def section_table2(kind: str, rows: list[dict], paper: dict) -> str:
             f"Paper ({p['setup']}):\n\n{_table(['Sg', 'max', 'avg'], theirs)}\n")
 
 
+def _capacity_boxplot(data: list[list[int]], labels: list[str], title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(data)), 4))
+    ax.boxplot(data)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+    ax.set_yscale("symlog", base=2, linthresh=1)  # capacities span 0 to the grid's top
+    ax.set_ylabel("capacity (max N with accuracy >= 0.99)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def section_table3(rows: list[dict], figs: Path, paper: dict) -> str:
     caps = capacities(rows)
     body, labels, data = [], [], []
-    for (model, source, share_m, _), texts in sorted(caps.items()):
+    for (model, source, share_m, _, recipe), texts in sorted(caps.items()):
         reached = [r for r in texts.values() if r is not None]
         c = [r["n"] if r else 0 for r in texts.values()]
         h = [r["h_lm_nats"] for r in reached]
         stats = f"{statistics.fmean(c):.1f} / {statistics.median(c):.0f} / {min(c)}–{max(c)}"
-        body.append([model, source, "all" if share_m == 0 else share_m, len(c), stats, _ms(h)])
+        body.append([model, source, "all" if share_m == 0 else share_m, recipe, len(c), stats, _ms(h)])
         labels.append(f"{model}\n{source}, m={'shared' if share_m == 0 else 'own'}")
         data.append(c)
     p = paper["table3_capacity"]
@@ -142,20 +154,48 @@ def section_table3(rows: list[dict], figs: Path, paper: dict) -> str:
         for src, ref in p["C_tokens"].items():
             h = p["H_LM"][src][i]
             theirs.append([model, src, f"{ref[i][0]} / {ref[i][1]}", f"{h[0][0]:.0f} ± {h[0][1]:.0f} / {h[1][0]:.0f} ± {h[1][1]:.0f}"])
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(data)), 4))
-    ax.boxplot(data)
-    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
-    ax.set_ylabel("capacity (max N with accuracy >= 0.99)")
-    ax.set_title("Table 3: capacity per text")
-    fig.tight_layout()
-    fig.savefig(figs / "table3.png", dpi=120)
-    plt.close(fig)
+    _capacity_boxplot(data, labels, "Table 3: capacity per text", figs / "table3.png")
     return (f"## Table 3: capacity\n\n{_scale_note(rows)} Capacity = the largest N on the length grid "
             f"reached with accuracy >= 0.99 (0 if none).\n\nOurs:\n\n"
-            f"{_table(['model', 'source', 'share m', 'texts', 'capacity mean / median / range', 'H_LM at capacity (nats)'], body)}"
+            f"{_table(['model', 'source', 'share m', 'recipe', 'texts', 'capacity mean / median / range', 'H_LM at capacity (nats)'], body)}"
             f"\n\nPaper ({p['setup']}; sources: pg19 = Gutenberg, fanfics = unseen, pg19_gen = generated):\n\n"
             f"{_table(['model', 'source', 'C_tokens (own m / shared m)', 'H_LM (own / shared)'], theirs)}\n\n"
             f"![table3](figures/table3.png)\n")
+
+
+def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
+    """The recipe capacity search: per-text maxima and their summary, recipes side by side."""
+    caps = capacities(rows)
+    fits = defaultdict(list)
+    for r in rows:
+        fits[(r["model"], r["source"], r["share_m"], r["recipe"], r["text_id"])].append(r)
+    summary, per_text, data, labels = [], [], [], []
+    for (model, source, share_m, _, recipe), texts in sorted(caps.items()):
+        sm = "all" if share_m == 0 else share_m
+        c = [r["n"] if r else 0 for r in texts.values()]
+        reached = [r for r in texts.values() if r is not None]
+        summary.append([model, source, sm, recipe, len(c), f"{statistics.fmean(c):.1f}", f"{statistics.median(c):g}",
+                        f"{min(c)}–{max(c)}", _ms([r["c_tokens"] for r in reached]),
+                        _ms([r["h_lm_nats"] for r in reached])])
+        data.append(c)
+        labels.append(f"{model}\nm={'shared' if share_m == 0 else 'own'}\n{recipe}")
+        for tid, best in sorted(texts.items()):
+            tried = sorted(fits[(model, source, share_m, recipe, tid)], key=lambda r: r["n"])
+            last = tried[-1]
+            stop = (f"N={last['n']}: {last['c_tokens']}/{last['n']} after {last['steps']} steps"
+                    if last["accuracy"] < 0.99 else f"none up to N={last['n']}")
+            per_text.append([model, sm, recipe, tid, best["n"] if best else 0,
+                             f"{best['h_lm_nats']:.0f}" if best else "–", best["steps"] if best else "–", stop])
+    p = paper["table3_capacity"]
+    theirs = [[m, *p["C_tokens"]["pg19"][i]] for i, m in enumerate(p["models"])]
+    _capacity_boxplot(data, labels, "Capacity per text, by recipe", figs / "capacity.png")
+    return (f"## Capacity search by recipe\n\n{_scale_note(rows)} Each text is fitted up the length grid until its "
+            f"first failure (accuracy < 0.99); its capacity is the last length reached (0 if none).\n\n"
+            f"{_table(['model', 'source', 'share m', 'recipe', 'texts', 'mean', 'median', 'range', 'C_tokens at capacity', 'H_LM at capacity (nats)'], summary)}"
+            f"\n\nPer text:\n\n"
+            f"{_table(['model', 'share m', 'recipe', 'text', 'capacity', 'H_LM (nats)', 'steps at capacity', 'first failure'], per_text)}"
+            f"\n\nPaper, PG-19 C_tokens (its recipe, 5000 steps):\n\n"
+            f"{_table(['model', 'own m', 'shared m'], theirs)}\n\n![capacity](figures/capacity.png)\n")
 
 
 def section_table4(rows: list[dict], paper: dict) -> str:
@@ -173,7 +213,7 @@ def section_table4(rows: list[dict], paper: dict) -> str:
 def section_fig3_fig4(one_step: list[dict], memory: list[dict], figs: Path, paper: dict) -> str:
     groups = {**capacities([r for r in one_step if r["share_m"] == 1]), **capacities(memory)}
     body, fig_rows, thr = [], [], defaultdict(list)
-    for (model, source, _, method), texts in sorted(groups.items()):
+    for (model, source, _, method, _), texts in sorted(groups.items()):
         reached = [r for r in texts.values() if r is not None]
         c = [r["n"] if r else 0 for r in texts.values()]
         h = [r["h_lm_nats"] for r in reached]
@@ -220,6 +260,8 @@ def write_report(root: str | Path) -> Path:
             parts.append(section_table2(kind, runs[f"table2-{kind}"], paper))
     if "table3" in runs:
         parts.append(section_table3(runs["table3"], figs, paper))
+    if "capacity" in runs:
+        parts.append(section_capacity(runs["capacity"], figs, paper))
     if "table4" in runs:
         parts.append(section_table4(runs["table4"], paper))
     memory = runs.get("fig3-mem1", []) + runs.get("fig3-mem2", [])
@@ -230,7 +272,7 @@ def write_report(root: str | Path) -> Path:
 
         rel = geo.parent.relative_to(root).as_posix()
         parts.append(geometry_report_section(geo.parent, figures="" if rel == "." else rel + "/"))
-    known = {"table1", "table2-e", "table2-m", "table3", "table4", "fig3-mem1", "fig3-mem2"}
+    known = {"table1", "table2-e", "table2-m", "table3", "capacity", "table4", "fig3-mem1", "fig3-mem2"}
     for name in sorted(set(runs) - known):
         rows = runs[name]
         parts.append(f"## Sweep {name}\n\n{_scale_note(rows)} Mean accuracy {_ms([r['accuracy'] for r in rows])}.\n")

@@ -206,7 +206,7 @@ class Sweep:
                         counts["units_run"] += 1
                     if cfg.capacity:
                         _barrier()
-                        alive = self._survivors(model_name, source, n)
+                        alive = self._survivors(model_name, source, n, alive)
         return counts
 
     def _units(self, model: str, source: str, n: int, alive: set | None, lm):
@@ -219,17 +219,14 @@ class Sweep:
             items = [(f"gen-{i}", ids) for i, (ids, _) in enumerate(gen)]
         else:
             items = [(tid, prefix_tokens(lm, text, n)) for tid, text in _texts(cfg, source, n)]
-        if alive is not None:
-            items = [it for it in items if it[0] in alive]
-        if not items:  # a capacity search whose texts have all stopped
-            return []
         out = []
         for arr in cfg.arrangements:
             for se in cfg.share_e:
                 for sm in cfg.share_m:
                     multiple = max(se, sm, 1)
-                    for seed in cfg.seeds:
-                        for batch in _batches(items, cfg.batch, multiple):
+                    mine = items if alive is None else [it for it in items if it[0] in alive.get(self._setting(arr, se, sm), ())]
+                    for seed in cfg.seeds:  # a capacity search whose texts have all stopped has no batches
+                        for batch in _batches(mine, cfg.batch, multiple) if mine else []:
                             unit = Unit(model, source, n, arr, se, sm, seed, tuple(t for t, _ in batch))
                             out.append((unit, batch))
         return out
@@ -250,13 +247,24 @@ class Sweep:
             raise PrototokensError(f"{world} ranks but only {len(payload)} texts share one m: use fewer ranks")
         return self._fit_unit(lm, unit, parts[rank], mine, progress, distributed=True)
 
-    def _survivors(self, model: str, source: str, n: int) -> set[str]:
-        """Texts that reached the success accuracy at length n, for every setting."""
+    def _setting(self, arrangement: str, share_e: int, share_m: int) -> tuple:
+        """A capacity search's identity within a source (memory fits are stored with arrangement 'mem')."""
+        return ("mem" if self.cfg.method != "one-step" else arrangement, share_e, share_m)
+
+    def _survivors(self, model: str, source: str, n: int, alive: dict | None) -> dict[tuple, set[str]]:
+        """Per setting (arrangement, share_e, share_m): the texts still searched after length n.
+
+        A text goes on if it was searched at n and one of its seeds reached the success accuracy;
+        each setting is searched on its own, so failing with a shared m does not end the own-m search.
+        """
         rows = self.store.rows("model = ? AND source = ? AND n = ?", (model, source, n))
-        ok: dict[str, bool] = {}
+        out: dict[tuple, set[str]] = {}
         for r in rows:
-            ok[r["text_id"]] = ok.get(r["text_id"], True) and r["accuracy"] >= self.cfg.success
-        return {t for t, good in ok.items() if good}
+            setting = self._setting(r["arrangement"], r["share_e"], r["share_m"])
+            searched = alive is None or r["text_id"] in alive.get(setting, ())
+            if searched and r["accuracy"] >= self.cfg.success:
+                out.setdefault(setting, set()).add(r["text_id"])
+        return out
 
     def _fit_unit(self, lm, unit: Unit, key: str, payload: list[tuple[str, list[int]]], progress: bool,
                   distributed: bool = False) -> int:
