@@ -29,9 +29,11 @@ def test_real_model_is_the_pinned_smollm2(smollm):
     assert smollm.decode(smollm.encode("The quick brown fox")) == "The quick brown fox"
 
 
-def test_large_init_recipe_learns_the_first_token(smollm):
-    # the paper's recipe leaves position 0 stuck on this sentence's first token (docs/recipe.md)
+def test_default_recipe_learns_the_first_token(smollm):
+    # the paper's recipe leaves position 0 stuck on this sentence's first token (docs/recipe.md);
+    # the default (`recommended`) fits it exactly in 99 steps
     text = "The quick brown fox jumps over the lazy dog."
-    fit = pt.fit(smollm, text, arrangement="e-m", recipe=pt.get_recipe("large-init", max_steps=300))
+    assert pt.get_recipe().name == "recommended"
+    fit = pt.fit(smollm, text, arrangement="e-m", recipe=pt.get_recipe(max_steps=200))
     assert fit.rows[0].accuracy == 1.0, fit.rows[0].summary()
     assert pt.decode_text(smollm, fit) == text

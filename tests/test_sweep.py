@@ -282,3 +282,18 @@ def test_report_capacity_section_puts_recipes_side_by_side(tmp_path):
     per_text = [line for line in section.splitlines() if "inline-" in line]
     assert len(per_text) == 2 * len(TEXTS)
     assert (tmp_path / "figures" / "capacity.png").stat().st_size > 1000
+
+
+def test_report_keeps_recipes_apart_in_every_table(tmp_path):
+    for recipe in ("paper", "large-init"):
+        for name, extra in (("table1-cpu", {}), ("table2-m-cpu", {"share_m": [1, 3]}), ("table4-cpu", {"batch": 1})):
+            Sweep(tiny_config(name=name, lengths=[2], arrangements=["e-m"], recipe=recipe,
+                              overrides={"max_steps": 3}, **extra), tmp_path / f"{name}-{recipe}").run(progress=False)
+    from prototokens.report import write_report
+
+    text = write_report(tmp_path).read_text()
+    for heading, first_cell in (("## Table 1", "| [e][m]x(N-1) |"), ("## Table 2: shared m", "| 1 |"),
+                                ("## Table 4", "| tiny-random-llama |")):
+        section = text.split(heading)[1].split("Paper")[0]
+        lines = [line for line in section.splitlines() if line.startswith(first_cell)]
+        assert {cell for line in lines for cell in line.split(" | ")} >= {"paper", "large-init"}, section

@@ -309,7 +309,7 @@ def _runtime(p: argparse.ArgumentParser, model_default: str | None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .arrangements import ARRANGEMENTS
     from .bundled import DEFAULT_MODEL
-    from .recipes import INITS, RECIPES, SCHEDULES
+    from .recipes import DEFAULT_RECIPE, INITS, RECIPES, SCHEDULES
 
     arr_help = "; ".join(f"{a.name} = {a.notation}" for a in ARRANGEMENTS.values())
     parser = argparse.ArgumentParser(
@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--file", help="a UTF-8 file whose whole content is the text")
     _runtime(p, DEFAULT_MODEL)
     p.add_argument("--arrangement", default="e-m", help=f"input layout (default: e-m). {arr_help}")
-    p.add_argument("--recipe", default="paper", choices=sorted(RECIPES), help="optimisation recipe (default: paper)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                   help=f"optimisation recipe (default: {DEFAULT_RECIPE}; 'paper' for the paper's own)")
     p.add_argument("--steps", type=int, help="maximum optimisation steps (recipe default: 5000)")
     p.add_argument("--lr", type=float, help="learning rate (recipe default)")
     p.add_argument("--init", choices=INITS, help="initialisation (recipe default)")
@@ -395,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=_positive, default=32, help="tokens per continuation")
     p.add_argument("--seeds", type=_positive, default=10, help="seeds for the last continuation (paper: 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--recipe", default="paper", choices=sorted(RECIPES))
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                   help=f"optimisation recipe (default: {DEFAULT_RECIPE})")
     p.add_argument("--steps", type=int, help="maximum fitting steps (recipe default)")
     p.add_argument("--analyses", nargs="+", choices=ANALYSES, help="default: all")
     p.add_argument("--out", help="where analyses write (default: the fit set's directory)")
@@ -419,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--text", default=SAMPLE_TEXT, help="text to fit")
     # with the paper's recipe the first token of this sentence is never learnt (docs/recipe.md)
-    p.add_argument("--recipe", default="large-init", choices=sorted(RECIPES), help="recipe (default: large-init)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                   help=f"recipe (default: {DEFAULT_RECIPE})")
     p.add_argument("--arrangement", default="e-m", help="input layout (default: e-m = [e][m]x(N-1))")
     p.add_argument("--steps", type=int, help="maximum steps (recipe default)")
     p.add_argument("--out", default="demo.safetensors", help="where to save the fit")

@@ -81,15 +81,19 @@ def capacities(rows: list[dict], success: float = 0.99) -> dict[tuple, dict[str,
 def section_table1(rows: list[dict], figs: Path, paper: dict) -> str:
     by = defaultdict(list)
     for r in rows:
-        by[(r["arrangement"], r["n"])].append(r["accuracy"])
+        by[(r["recipe"], r["arrangement"], r["n"])].append(r["accuracy"])
     ns = sorted({r["n"] for r in rows})
-    arrs = [a for a in ["e", "e-then-m", "e-m-alt", "e-m-plus", "e-m"] if any(k[0] == a for k in by)]
-    ours = [[get_arrangement(a).notation] + [_ms(by[(a, n)]) for n in ns] for a in arrs]
+    lines = [(rec, a) for rec in sorted({r["recipe"] for r in rows})
+             for a in ["e", "e-then-m", "e-m-alt", "e-m-plus", "e-m"] if any(k[:2] == (rec, a) for k in by)]
+    ours = [[get_arrangement(a).notation, rec] + [_ms(by[(rec, a, n)]) for n in ns] for rec, a in lines]
     p = paper["table1_arrangements"]
     theirs = [[name] + [f"{m:.2f} ± {s:.2f}" for m, s in vals] for name, vals in p["rows"].items()]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for a in arrs:
-        ax.plot(ns, [statistics.fmean(by[(a, n)]) for n in ns], marker="o", label=get_arrangement(a).notation)
+    several = len({rec for rec, _ in lines}) > 1
+    for rec, a in lines:
+        have = [n for n in ns if by[(rec, a, n)]]
+        ax.plot(have, [statistics.fmean(by[(rec, a, n)]) for n in have], marker="o",
+                label=get_arrangement(a).notation + (f" ({rec})" if several else ""))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("N (target tokens)")
     ax.set_ylabel("token accuracy")
@@ -100,28 +104,28 @@ def section_table1(rows: list[dict], figs: Path, paper: dict) -> str:
     fig.savefig(figs / "table1.png", dpi=120)
     plt.close(fig)
     return (f"## Table 1: input arrangements\n\n{_scale_note(rows)}\n\nOurs (token accuracy, mean ± std over texts):\n\n"
-            f"{_table(['arrangement'] + [f'N={n}' for n in ns], ours)}\n\nPaper ({p['setup']}):\n\n"
+            f"{_table(['arrangement', 'recipe'] + [f'N={n}' for n in ns], ours)}\n\nPaper ({p['setup']}):\n\n"
             f"{_table(['arrangement'] + [f'N={n}' for n in p['columns_N']], theirs)}\n\n![table1](figures/table1.png)\n")
 
 
 def section_table2(kind: str, rows: list[dict], paper: dict) -> str:
     key = "share_e" if kind == "e" else "share_m"
-    sizes = sorted({r[key] for r in rows})
     body = []
-    for sg in sizes:
-        sub = [r for r in rows if r[key] == sg]
+    for recipe, sg in sorted({(r["recipe"], r[key]) for r in rows}):
+        sub = [r for r in rows if r[key] == sg and r["recipe"] == recipe]
         per_text = defaultdict(list)
         for r in sub:
             per_text[r["text_id"]].append(r["accuracy"])
         best = [max(v) for v in per_text.values()]
-        body.append([sg, _ms(best), _ms([r["accuracy"] for r in sub]), len(per_text), len({r["seed"] for r in sub})])
+        body.append([sg, recipe, _ms(best), _ms([r["accuracy"] for r in sub]), len(per_text),
+                     len({r["seed"] for r in sub})])
     p = paper["table2_sharing"]
     ref = p[f"shared_{kind}"]
     theirs = [[sg, f"{ref['max'][i][0]:.2f} ± {ref['max'][i][1]:.2f}", f"{ref['avg'][i][0]:.2f} ± {ref['avg'][i][1]:.2f}"]
               for i, sg in enumerate(p["columns_Sg"])]
     return (f"## Table 2: shared {kind} in groups of Sg texts\n\n{_scale_note(rows)} N = "
             f"{', '.join(str(n) for n in sorted({r['n'] for r in rows}))}.\n\nOurs:\n\n"
-            f"{_table(['Sg', 'max (best seed per text)', 'avg (all seeds)', 'texts', 'seeds'], body)}\n\n"
+            f"{_table(['Sg', 'recipe', 'max (best seed per text)', 'avg (all seeds)', 'texts', 'seeds'], body)}\n\n"
             f"Paper ({p['setup']}):\n\n{_table(['Sg', 'max', 'avg'], theirs)}\n")
 
 
@@ -145,8 +149,8 @@ def section_table3(rows: list[dict], figs: Path, paper: dict) -> str:
         c = [r["n"] if r else 0 for r in texts.values()]
         h = [r["h_lm_nats"] for r in reached]
         stats = f"{statistics.fmean(c):.1f} / {statistics.median(c):.0f} / {min(c)}–{max(c)}"
-        body.append([model, source, "all" if share_m == 0 else share_m, recipe, len(c), stats, _ms(h)])
-        labels.append(f"{model}\n{source}, m={'shared' if share_m == 0 else 'own'}")
+        body.append([model, source, _sharing(share_m), recipe, len(c), stats, _ms(h)])
+        labels.append(f"{model}\n{source}, m {_sharing(share_m)}")
         data.append(c)
     p = paper["table3_capacity"]
     theirs = []
@@ -163,6 +167,11 @@ def section_table3(rows: list[dict], figs: Path, paper: dict) -> str:
             f"![table3](figures/table3.png)\n")
 
 
+def _sharing(share_m: int) -> str:
+    """How m is shared, in words: 1 = each text its own, 0 = one for all texts, k = groups of k."""
+    return {0: "shared by all", 1: "own"}.get(share_m, f"shared by {share_m}")
+
+
 def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
     """The recipe capacity search: per-text maxima and their summary, recipes side by side."""
     caps = capacities(rows)
@@ -171,18 +180,18 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
         fits[(r["model"], r["source"], r["share_m"], r["recipe"], r["text_id"])].append(r)
     summary, per_text, data, labels = [], [], [], []
     for (model, source, share_m, _, recipe), texts in sorted(caps.items()):
-        sm = "all" if share_m == 0 else share_m
+        sm = _sharing(share_m)
         c = [r["n"] if r else 0 for r in texts.values()]
         reached = [r for r in texts.values() if r is not None]
         summary.append([model, source, sm, recipe, len(c), f"{statistics.fmean(c):.1f}", f"{statistics.median(c):g}",
                         f"{min(c)}–{max(c)}", _ms([r["c_tokens"] for r in reached]),
                         _ms([r["h_lm_nats"] for r in reached])])
         data.append(c)
-        labels.append(f"{model}\nm={'shared' if share_m == 0 else 'own'}\n{recipe}")
+        labels.append(f"{model}\nm {sm}\n{recipe}")
         for tid, best in sorted(texts.items()):
             tried = sorted(fits[(model, source, share_m, recipe, tid)], key=lambda r: r["n"])
             last = tried[-1]
-            stop = (f"N={last['n']}: {last['c_tokens']}/{last['n']} after {last['steps']} steps"
+            stop = (f"N={last['n']}: best {last['c_tokens']}/{last['n']}, reached at step {last['steps']}"
                     if last["accuracy"] < 0.99 else f"none up to N={last['n']}")
             per_text.append([model, sm, recipe, tid, best["n"] if best else 0,
                              f"{best['h_lm_nats']:.0f}" if best else "–", best["steps"] if best else "–", stop])
@@ -201,26 +210,32 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
 def section_table4(rows: list[dict], paper: dict) -> str:
     by = defaultdict(list)
     for r in rows:
-        by[(r["model"], r["n"])].append(r["seconds"])
-    body = [[m, n, _ms(v), len(v)] for (m, n), v in sorted(by.items())]
+        by[(r["model"], r["recipe"], r["n"])].append(r["seconds"])
+    body = [[m, rec, n, _ms(v), len(v)] for (m, rec, n), v in sorted(by.items())]
     p = paper["table4_training_seconds"]
     theirs = [[m] + ["–" if v is None else v for v in p[m]] for m in p if m not in ("setup", "columns_N")]
     return (f"## Table 4: fitting time per text\n\n{_scale_note(rows)}\n\nOurs (seconds per text):\n\n"
-            f"{_table(['model', 'N', 'seconds', 'texts'], body)}\n\nPaper ({p['setup']}):\n\n"
+            f"{_table(['model', 'recipe', 'N', 'seconds', 'texts'], body)}\n\nPaper ({p['setup']}):\n\n"
             f"{_table(['model'] + [f'N={n}' for n in p['columns_N']], theirs)}\n")
+
+
+def _memory_baseline(thr: dict, model: str, source: str) -> list[float] | None:
+    """Throughputs of the 1-[mem] baseline for one model and source: its only recipe, else `kuratov`'s."""
+    runs = {rec: v for (m, s, meth, rec), v in thr.items() if (m, s, meth) == (model, source, "memory-1")}
+    return next(iter(runs.values())) if len(runs) == 1 else runs.get("kuratov")
 
 
 def section_fig3_fig4(one_step: list[dict], memory: list[dict], figs: Path, paper: dict) -> str:
     groups = {**capacities([r for r in one_step if r["share_m"] == 1]), **capacities(memory)}
     body, fig_rows, thr = [], [], defaultdict(list)
-    for (model, source, _, method, _), texts in sorted(groups.items()):
+    for (model, source, _, method, recipe), texts in sorted(groups.items()):
         reached = [r for r in texts.values() if r is not None]
         c = [r["n"] if r else 0 for r in texts.values()]
         h = [r["h_lm_nats"] for r in reached]
-        body.append([model, source, method, f"{statistics.fmean(c):.1f}", _ms(h)])
-        fig_rows.append((f"{method}\n{source}", h))
+        body.append([model, source, method, recipe, f"{statistics.fmean(c):.1f}", _ms(h)])
+        fig_rows.append((f"{method}\n{source}\n{recipe}", h))
         for r in reached:
-            thr[(model, source, method)].append(r["n"] / r["extra"]["decode_seconds"])
+            thr[(model, source, method, recipe)].append(r["n"] / r["extra"]["decode_seconds"])
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(fig_rows)), 4))
     ax.boxplot([h or [0] for _, h in fig_rows])
     ax.set_xticks(range(1, len(fig_rows) + 1), [lab for lab, _ in fig_rows], fontsize=7)
@@ -230,18 +245,18 @@ def section_fig3_fig4(one_step: list[dict], memory: list[dict], figs: Path, pape
     fig.savefig(figs / "fig3.png", dpi=120)
     plt.close(fig)
     t_rows = []
-    for (model, source, method), v in sorted(thr.items()):
-        base = thr.get((model, source, "memory-1"))
+    for (model, source, method, recipe), v in sorted(thr.items()):
+        base = _memory_baseline(thr, model, source)
         ratio = f"{statistics.fmean(v) / statistics.fmean(base):.1f}x" if base and method == "one-step" else "–"
-        t_rows.append([model, source, method, f"{statistics.fmean(v):,.0f}", ratio])
+        t_rows.append([model, source, method, recipe, f"{statistics.fmean(v):,.0f}", ratio])
     ref = paper["autoregressive_baseline"]
     return (f"## Figure 3: one-step vs the autoregressive [mem] baseline\n\n{_scale_note(one_step + memory)}\n\n"
-            f"{_table(['model', 'source', 'method', 'capacity (mean)', 'H_LM at capacity (nats)'], body)}\n\n"
+            f"{_table(['model', 'source', 'method', 'recipe', 'capacity (mean)', 'H_LM at capacity (nats)'], body)}\n\n"
             f"Paper: Kuratov et al.'s 1-[mem] PG-19 capacities: "
             f"{', '.join(f'{k} {v}' for k, v in ref['capacity_pg19_1mem'].items())}.\n\n![fig3](figures/fig3.png)\n\n"
             f"## Figure 4: reconstruction throughput\n\nThroughput = capacity length / time to reconstruct that text "
             f"(one forward pass, or greedy decoding with KV cache from [mem]), measured on the fitting device.\n\n"
-            f"{_table(['model', 'source', 'method', 'tokens/s', 'one-step / memory-1'], t_rows)}\n\n"
+            f"{_table(['model', 'source', 'method', 'recipe', 'tokens/s', 'one-step / memory-1'], t_rows)}\n\n"
             f"Paper: {paper['throughput']['claim']}.\n")
 
 

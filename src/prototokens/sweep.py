@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import PrototokensError
+from .recipes import DEFAULT_RECIPE
 from .store import Record, ResultStore
 
 METHODS = ("one-step", "memory")
@@ -47,7 +48,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0,)
     share_e: tuple[int, ...] = (1,)
     share_m: tuple[int, ...] = (1,)
-    recipe: str = "paper"
+    recipe: str = DEFAULT_RECIPE
     overrides: dict = field(default_factory=dict)
     capacity: bool = False
     success: float = 0.99
