@@ -32,15 +32,16 @@ def fitted() -> tuple[pt.FrozenLM, MemoryFit]:
 
 
 @pytest.mark.parametrize("n_mem", [1, 2])
-def test_short_text_fits_exactly_and_greedy_decodes_it(llama, n_mem):
+@pytest.mark.parametrize("bos", [True, False])
+def test_short_text_fits_exactly_and_greedy_decodes_it(llama, n_mem, bos):
     ids = llama.encode("Hi there!")
-    fit = fit_memory(llama, [ids], n_mem=n_mem, recipe=TINY_RECIPE)
+    fit = fit_memory(llama, [ids], n_mem=n_mem, recipe=TINY_RECIPE, bos=bos)
     assert fit.mem.shape == (1, n_mem, llama.hidden_size) and fit.mem.dtype == torch.float32
-    assert fit.mem.device.type == "cpu"
+    assert fit.mem.device.type == "cpu" and fit.bos_id == (llama.bos_id if bos else None)
     r = fit.rows[0]
     assert r.status == "converged" and r.accuracy == 1.0 and all(r.correct)
     assert 0 < r.steps < TINY_RECIPE.max_steps
-    assert greedy_decode(llama, fit.mem[0], len(ids)) == ids
+    assert greedy_decode(llama, fit.mem[0], len(ids), fit.bos_id) == ids
     assert llama.decode(decode_memory(llama, fit)) == "Hi there!"
 
 
@@ -91,13 +92,20 @@ def test_texts_of_different_lengths_in_one_batch(llama):
         assert llama.decode(decode_memory(llama, fit, i)) == t
 
 
-def test_loss_is_teacher_forced_causal_lm_loss(llama):
-    # the mem loss equals the model's own loss on [mem, t_1..t_{N-1}] computed the plain way
+@pytest.mark.parametrize("bos", [True, False])
+def test_loss_is_teacher_forced_causal_lm_loss(llama, bos):
+    # the mem loss equals the model's own loss on [mem, (BOS,) t_1..t_{N-1}] computed the plain way:
+    # with BOS, t_1 is predicted at BOS (Kuratov et al.); without, at the last mem vector
+    from prototokens.baseline import _embed
+
     ids = llama.encode("Hello")
     mem = torch.randn(1, 2, llama.hidden_size)
-    emb = llama.model.get_input_embeddings()(torch.tensor([ids[:-1]]))
+    lead = [llama.bos_id] if bos else []
+    emb = llama.model.get_input_embeddings()(torch.tensor([lead + ids[:-1]]))
+    assert torch.equal(_embed(llama, [ids], llama.bos_id if bos else None), emb)
     loss, correct = mem_token_losses(llama, mem, emb, torch.tensor([ids]))
-    logits = llama.model(inputs_embeds=torch.cat([mem, emb], 1)).logits[0, 1:]
+    logits = llama.model(inputs_embeds=torch.cat([mem, emb], 1)).logits[0, 2 if bos else 1:]
+    assert len(logits) == len(ids)
     ref = torch.nn.functional.cross_entropy(logits, torch.tensor(ids), reduction="none")
     assert torch.allclose(loss[0], ref, atol=1e-5)
     assert torch.equal(correct[0], logits.argmax(-1) == torch.tensor(ids))
@@ -107,16 +115,19 @@ def test_loss_is_teacher_forced_causal_lm_loss(llama):
 def test_greedy_decode_with_cache_matches_full_recompute(arch):
     lm = _tiny(arch)
     mem = torch.randn(2, 3, lm.hidden_size, generator=torch.Generator().manual_seed(0))
-    got = greedy_decode_batch(lm, mem, 6)
     emb = lm.model.get_input_embeddings()
-    for row in range(2):
-        x, ref = mem[row:row + 1], []
-        for _ in range(6):
-            tok = int(lm.model(inputs_embeds=x).logits[0, -1].argmax())
-            ref.append(tok)
-            x = torch.cat([x, emb(torch.tensor([[tok]]))], 1)
-        assert got[row] == ref
-    assert greedy_decode(lm, mem[1], 6) == got[1]
+    for bos_id in (None, lm.bos_id):
+        got = greedy_decode_batch(lm, mem, 6, bos_id)
+        for row in range(2):
+            x, ref = mem[row:row + 1], []
+            if bos_id is not None:
+                x = torch.cat([x, emb(torch.tensor([[bos_id]]))], 1)
+            for _ in range(6):
+                tok = int(lm.model(inputs_embeds=x).logits[0, -1].argmax())
+                ref.append(tok)
+                x = torch.cat([x, emb(torch.tensor([[tok]]))], 1)
+            assert got[row] == ref
+        assert greedy_decode(lm, mem[1], 6, bos_id) == got[1]
     assert greedy_decode(lm, mem[0], 0) == []
 
 
@@ -226,6 +237,21 @@ def test_save_load_round_trip(fitted, tmp_path):
         head = json.loads(f.metadata()["prototokens"])
         assert set(f.keys()) == {"mem", "target_ids"}
     assert head["format"] == "prototokens-memory/1" and head["n_mem"] == 1
+    assert back.bos_id == fit.bos_id == lm.bos_id and head["bos_id"] == lm.bos_id
+
+
+def test_files_from_before_bos_decode_without_it(llama, tmp_path):
+    # a file written before `bos_id` existed holds a fit made without BOS: it loads as bos_id None
+    ids = llama.encode("Hi there!")
+    fit = fit_memory(llama, [ids], recipe=TINY_RECIPE, bos=False)
+    path = fit.save(tmp_path / "old.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    head = json.loads(meta["prototokens"])
+    del head["bos_id"]
+    save_file(tensors, str(path), metadata={**meta, "prototokens": json.dumps(head)})
+    back = MemoryFit.load(path)
+    assert back.bos_id is None and decode_memory(llama, back) == ids
 
 
 def test_foreign_files_are_refused(fitted, tmp_path):

@@ -223,12 +223,34 @@ def test_memory_baseline_sweep_and_figures_3_and_4(tmp_path):
           tmp_path / "fig3").run(progress=False)
     rows = ResultStore(tmp_path / "fig3").rows()
     assert rows and {r["method"] for r in rows} == {"memory-1"} and {r["arrangement"] for r in rows} == {"mem"}
-    assert all(r["extra"]["decode_seconds"] > 0 for r in rows)
+    assert all(r["extra"]["decode_seconds"] > 0 and r["extra"]["bos"] is True for r in rows)
     from prototokens.report import write_report
 
     text = write_report(tmp_path).read_text()
     assert "## Figure 3" in text and "## Figure 4" in text and "memory-1" in text
     assert (tmp_path / "figures" / "fig3.png").exists()
+
+
+def test_run_dirs_written_before_mem_bos_existed(tmp_path):
+    import json
+
+    def strip_mem_bos(run):
+        saved = json.loads((run / "config.json").read_text())
+        del saved["mem_bos"]
+        (run / "config.json").write_text(json.dumps(saved))
+
+    one_step = tiny_config(lengths=[4], arrangements=["e-m"])
+    assert one_step.mem_bos is None
+    Sweep(one_step, tmp_path / "one"), strip_mem_bos(tmp_path / "one")
+    Sweep(one_step, tmp_path / "one")  # nothing changed for one-step runs: accepted
+    memory = tiny_config(name="m", method="memory", lengths=[4], arrangements=["e-m"])
+    assert memory.mem_bos is True
+    Sweep(memory, tmp_path / "mem"), strip_mem_bos(tmp_path / "mem")
+    with pytest.raises(PrototokensError, match="different sweep config"):  # an old run had no BOS
+        Sweep(memory, tmp_path / "mem")
+    Sweep(tiny_config(name="m", method="memory", lengths=[4], arrangements=["e-m"], mem_bos=False), tmp_path / "mem")
+    with pytest.raises(PrototokensError, match="mem_bos applies to"):
+        tiny_config(mem_bos=True)
 
 
 def test_capacity_search_ends_quietly_when_every_text_has_failed(tmp_path):
@@ -267,6 +289,21 @@ def test_sweep_command_overrides_recipe_and_steps(tmp_path, capsys):
     assert ResultStore(tmp_path / "a").count() == 1
     with pytest.raises(SystemExit):  # argparse: one usage line, exit 2
         main(["experiment", "capacity", "--recipe", "nope"])
+
+
+def test_experiment_command_overrides_models_and_sources(tmp_path, capsys):
+    from prototokens.cli import main
+
+    run = tmp_path / "t1"
+    assert main(["experiment", "table1", "--scale", "cpu", "--models", "tiny-random-qwen2", "--sources", "unseen",
+                 "--steps", "2", "--run", str(run), "--quiet"]) == 0
+    rows = ResultStore(run).rows()
+    assert rows and {(r["model"], r["source"]) for r in rows} == {("tiny-random-qwen2", "unseen")}
+    # a bad model or source is refused before a run directory is made
+    for flag, value, message in (("--models", "gpt-17", "unknown model 'gpt-17'"),
+                                 ("--sources", "pg19", "unknown text source(s) 'pg19'")):
+        assert main(["experiment", "table1", "--scale", "cpu", flag, value, "--run", str(tmp_path / value)]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / value).exists()
 
 
 def test_report_capacity_section_puts_recipes_side_by_side(tmp_path):

@@ -3,10 +3,15 @@
 K trainable [mem] vectors are prepended to the text, and only they are trained, with the
 ordinary teacher-forced causal-LM loss of the frozen model::
 
-    inputs   [mem_1 .. mem_K, t_1 .. t_{N-1}]       (token embeddings in the model's dtype)
-    targets        t_1 at mem_K, t_2 at t_1, ..., t_N at t_{N-1}
+    inputs   [mem_1 .. mem_K, BOS, t_1 .. t_{N-1}]  (token embeddings in the model's dtype)
+    targets              t_1 at BOS, t_2 at t_1, ..., t_N at t_{N-1}
 
-The text is then read back by greedy autoregressive decoding from the mem vectors alone.
+as in Kuratov et al.'s code, where the [mem] vectors precede the tokenised text with its BOS
+and the outputs at the [mem] positions are not trained. BOS is the token `metrics.lm_cross_entropy`
+conditions H_LM on (`FrozenLM.bos_id`: the tokenizer's BOS, else its EOS), so the information
+gain compares like with like. With ``bos=False`` the first token is predicted at mem_K instead
+(inputs ``[mem_1 .. mem_K, t_1 .. t_{N-1}]``). The text is then read back by greedy
+autoregressive decoding from the mem vectors (and BOS) alone.
 
 Each row (a text and a seed) has its own (K, d) fp32 mem vectors, initialised like the engine's
 vectors (`recipe.init` / `init_scale`, from a generator seeded by the text's token ids, the seed
@@ -77,6 +82,7 @@ class MemoryFit:
     recipe: dict
     seconds: float = 0.0
     version: str = __version__
+    bos_id: int | None = None  # the token between the mem vectors and the text; None: none
 
     @property
     def n_mem(self) -> int:
@@ -93,6 +99,7 @@ class MemoryFit:
             "model": self.model_name,
             "fingerprint": self.fingerprint,
             "n_mem": self.n_mem,
+            "bos_id": self.bos_id,
             "recipe": self.recipe,
             "seconds": self.seconds,
             "rows": [r.summary() for r in self.rows],
@@ -137,18 +144,22 @@ class MemoryFit:
                     steps=r["steps"], loss=r["loss"], status=r["status"], text=r.get("text"),
                 ))
             return cls(mem=mem, rows=rows, model_name=head["model"], fingerprint=head["fingerprint"],
-                       recipe=head["recipe"], seconds=head.get("seconds", 0.0), version=head["version"])
+                       recipe=head["recipe"], seconds=head.get("seconds", 0.0), version=head["version"],
+                       bos_id=head.get("bos_id"))
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise PrototokensError(f"{path} has a damaged prototokens header ({e})") from None
 
 
 @torch.no_grad()
-def _embed(lm: FrozenLM, token_ids: list[list[int]], width: int) -> torch.Tensor:
-    """(R, width, d) input embeddings of t_1..t_{N-1} of each text, right-padded (model dtype, on the device)."""
+def _embed(lm: FrozenLM, token_ids: list[list[int]], bos_id: int | None = None) -> torch.Tensor:
+    """(R, W, d) input embeddings of [BOS,] t_1..t_{N-1} of each text, right-padded to the longest
+    (W = N_max with a BOS, N_max - 1 without; model dtype, on the device)."""
     pad = lm.tokenizer.pad_token_id
-    ids = torch.full((len(token_ids), width), 0 if pad is None else int(pad), dtype=torch.long)
-    for i, t in enumerate(token_ids):
-        ids[i, :len(t) - 1] = torch.tensor(t[:-1], dtype=torch.long)
+    lead = [] if bos_id is None else [bos_id]
+    inputs = [lead + list(t[:-1]) for t in token_ids]
+    ids = torch.full((len(inputs), max(map(len, inputs))), 0 if pad is None else int(pad), dtype=torch.long)
+    for i, t in enumerate(inputs):
+        ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
     return lm.model.get_input_embeddings()(ids.to(lm.device)).to(lm.dtype)
 
 
@@ -164,10 +175,11 @@ def _targets(token_ids: list[list[int]], device: torch.device) -> tuple[torch.Te
 
 def mem_token_losses(lm: FrozenLM, mem: torch.Tensor, emb: torch.Tensor,
                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position cross-entropy and correctness (R, N_max) of the targets given mem (R, K, d): one forward pass."""
-    k = mem.shape[1]
+    """Per-position cross-entropy and correctness (R, N_max) of the targets given mem (R, K, d) and the
+    text's input embeddings `emb` from `_embed` (with or without BOS): one forward pass."""
     inputs = torch.cat([mem.to(lm.dtype), emb], dim=1)
-    hidden = forward_hidden(lm, inputs)[:, k - 1:]  # the outputs at mem_K, t_1, ..., t_{N-1}
+    # the last N_max outputs: at BOS (or mem_K), t_1, ..., t_{N-1}
+    hidden = forward_hidden(lm, inputs)[:, inputs.shape[1] - targets.shape[1]:]
     return chunked_token_losses(lm, hidden, targets)
 
 
@@ -175,12 +187,12 @@ class _MemRun:
     """Optimises the mem vectors of a set of independent rows until every row has stopped."""
 
     def __init__(self, lm: FrozenLM, token_ids: list[list[int]], mem0: torch.Tensor, recipe: Recipe,
-                 check_every: int, bar: tqdm | None):
+                 check_every: int, bar: tqdm | None, bos_id: int | None):
         self.lm, self.recipe, self.check_every, self.bar = lm, recipe, check_every, bar
         dev = lm.device
         n_rows = len(token_ids)
         self.targets, self.n_tokens = _targets(token_ids, dev)
-        self.emb = _embed(lm, token_ids, self.targets.shape[1] - 1)
+        self.emb = _embed(lm, token_ids, bos_id)
         self.best_mem = mem0.to(dev).clone()
         self.best_acc = torch.full((n_rows,), -1.0, device=dev)
         self.best_step = torch.zeros(n_rows, dtype=torch.long, device=dev)
@@ -240,10 +252,12 @@ class _MemRun:
 
 def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seeds: int | list[int] = 1,
                recipe: str | Recipe | None = None, max_batch: int | None = None, check_every: int | None = None,
-               progress: bool = False, texts: list[str] | None = None) -> MemoryFit:
+               progress: bool = False, texts: list[str] | None = None, bos: bool = True) -> MemoryFit:
     """Fit K = `n_mem` [mem] vectors for every (text, seed) pair; rows are ordered text-major, seed-minor.
 
     recipe: default `kuratov` (Kuratov et al.'s setup; see `recipes.RECIPES`).
+    bos: put the model's BOS token (`FrozenLM.bos_id`) between the mem vectors and the text, as
+        Kuratov et al. do, so t_1 is predicted at BOS; False: t_1 is predicted at mem_K.
     max_batch: at most this many rows optimised at once (rows are independent; an out-of-memory
         error also halves the batch).
     check_every: steps between reads of the stop bookkeeping (default 1 on CPU, 10 on GPU).
@@ -258,13 +272,15 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
         raise PrototokensError(f"n_mem must be >= 1, got {n_mem}")
     if max_batch is not None and max_batch < 1:
         raise PrototokensError(f"max_batch must be >= 1, got {max_batch}")
+    bos_id = lm.bos_id if bos else None
     limit = lm.max_positions
     for i, ids in enumerate(token_ids):
         if len(ids) == 0:
             raise PrototokensError(f"text {i} tokenises to no tokens")
-        if limit is not None and n_mem + len(ids) - 1 > limit:
-            raise PrototokensError(f"text {i} needs {n_mem + len(ids) - 1} positions ({len(ids)} tokens after "
-                                   f"{n_mem} mem vectors) but {lm.name} has only {limit}")
+        need = n_mem + len(ids) - (0 if bos else 1)
+        if limit is not None and need > limit:
+            raise PrototokensError(f"text {i} needs {need} positions ({len(ids)} tokens after "
+                                   f"{n_mem} mem vectors{' and BOS' if bos else ''}) but {lm.name} has only {limit}")
     pairs = [(t, s) for t in range(len(token_ids)) for s in seed_list]
     keys = [(token_ids[t], s, f"mem{k}") for t, s in pairs for k in range(n_mem)]
     mem = init_vectors(lm, keys, recipe).view(len(pairs), n_mem, lm.hidden_size)
@@ -279,7 +295,8 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
             solve(idx[:len(idx) // 2])
             solve(idx[len(idx) // 2:])
             return
-        run = _MemRun(lm, [rows[i].token_ids for i in idx], mem[idx], recipe, check_every, bar if progress else None)
+        run = _MemRun(lm, [rows[i].token_ids for i in idx], mem[idx], recipe, check_every, bar if progress else None,
+                      bos_id)
         try:
             run.run([rows[i] for i in idx])
         except (torch.OutOfMemoryError, RuntimeError) as e:
@@ -300,19 +317,24 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
     finally:
         bar.close()
     return MemoryFit(mem=mem, rows=rows, model_name=lm.name, fingerprint=lm.fingerprint, recipe=recipe.to_dict(),
-                     seconds=time.perf_counter() - start)
+                     seconds=time.perf_counter() - start, bos_id=bos_id)
 
 
 @torch.no_grad()
-def greedy_decode_batch(lm: FrozenLM, mem: torch.Tensor, n_tokens: int) -> list[list[int]]:
-    """Greedy autoregressive decoding (KV cache) of `n_tokens` tokens from each row of mem (R, K, d) alone.
+def greedy_decode_batch(lm: FrozenLM, mem: torch.Tensor, n_tokens: int, bos_id: int | None = None) -> list[list[int]]:
+    """Greedy autoregressive decoding (KV cache) of `n_tokens` tokens from each row of mem (R, K, d) alone
+    (followed by the token `bos_id` if given).
 
     Pure argmax at every step: no logits processors (an EOS is emitted if it is the argmax, and
     counts as a wrong token), unlike `generate` with `min_new_tokens`, which would mask EOS out.
     """
     if n_tokens < 1:
         return [[] for _ in range(len(mem))]
-    out = lm.model(inputs_embeds=mem.to(lm.device, lm.dtype), use_cache=True)
+    prompt = mem.to(lm.device, lm.dtype)
+    if bos_id is not None:
+        bos = lm.model.get_input_embeddings()(torch.tensor([bos_id], device=lm.device)).to(lm.dtype)
+        prompt = torch.cat([prompt, bos.expand(len(prompt), 1, -1)], dim=1)
+    out = lm.model(inputs_embeds=prompt, use_cache=True)
     tok = out.logits[:, -1].argmax(-1)
     toks = [tok]
     for _ in range(n_tokens - 1):
@@ -322,9 +344,9 @@ def greedy_decode_batch(lm: FrozenLM, mem: torch.Tensor, n_tokens: int) -> list[
     return torch.stack(toks, 1).tolist()
 
 
-def greedy_decode(lm: FrozenLM, mem: torch.Tensor, n_tokens: int) -> list[int]:
-    """Greedy autoregressive decoding of `n_tokens` tokens from the K mem vectors (K, d) alone."""
-    return greedy_decode_batch(lm, mem.view(1, -1, mem.shape[-1]), n_tokens)[0]
+def greedy_decode(lm: FrozenLM, mem: torch.Tensor, n_tokens: int, bos_id: int | None = None) -> list[int]:
+    """Greedy autoregressive decoding of `n_tokens` tokens from the K mem vectors (K, d) (and `bos_id`) alone."""
+    return greedy_decode_batch(lm, mem.view(1, -1, mem.shape[-1]), n_tokens, bos_id)[0]
 
 
 def decode_memory(lm: FrozenLM, fit: MemoryFit, row: int | None = None) -> list[int]:
@@ -333,7 +355,7 @@ def decode_memory(lm: FrozenLM, fit: MemoryFit, row: int | None = None) -> list[
     row = fit.best_row() if row is None else row
     if not 0 <= row < len(fit.rows):
         raise PrototokensError(f"row {row} out of range: the fit has {len(fit.rows)} row(s)")
-    return greedy_decode(lm, fit.mem[row], fit.rows[row].n_tokens)
+    return greedy_decode(lm, fit.mem[row], fit.rows[row].n_tokens, fit.bos_id)
 
 
 @torch.no_grad()
@@ -356,10 +378,10 @@ def evaluate_memory(lm: FrozenLM, fit: MemoryFit, rows: list[int] | None = None,
         ids = [fit.rows[i].token_ids for i in chunk]
         targets, _ = _targets(ids, lm.device)
         mem = fit.mem[chunk].to(lm.device)
-        loss, correct = mem_token_losses(lm, mem, _embed(lm, ids, targets.shape[1] - 1), targets)
+        loss, correct = mem_token_losses(lm, mem, _embed(lm, ids, fit.bos_id), targets)
         ce = loss.sum(1).tolist()
         tf_correct = correct.sum(1).tolist()
-        greedy = greedy_decode_batch(lm, mem, targets.shape[1])
+        greedy = greedy_decode_batch(lm, mem, targets.shape[1], fit.bos_id)
         for j, i in enumerate(chunk):
             target = fit.rows[i].token_ids
             got = greedy[j][:len(target)]

@@ -169,6 +169,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if got == ids or not args.strict else 1
 
 
+def _grid_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", metavar="MODEL", help="override the config's models")
+    p.add_argument("--sources", nargs="+", metavar="SOURCE", help="override the config's text sources")
+
+
 def _run_sweep(cfg, args: argparse.Namespace) -> int:
     from .sweep import Sweep, init_distributed
 
@@ -182,13 +187,15 @@ def _run_sweep(cfg, args: argparse.Namespace) -> int:
 
 
 def _with_overrides(cfg, args: argparse.Namespace):
-    """The config with the command line's --device, --dtype, --recipe and --steps applied."""
+    """The config with the command line's --device, --dtype, --recipe, --steps, --models and --sources applied."""
     import dataclasses
 
     overrides = dict(cfg.overrides)  # the config's own settings (a step budget) apply to any recipe
     if args.steps is not None:
         overrides["max_steps"] = args.steps
-    changes = {"device": args.device, "dtype": args.dtype, "recipe": args.recipe}
+    changes = {"device": args.device, "dtype": args.dtype, "recipe": args.recipe,
+               "models": tuple(args.models) if args.models else None,
+               "sources": tuple(args.sources) if args.sources else None}
     cfg = dataclasses.replace(cfg, overrides=overrides, **{k: v for k, v in changes.items() if v})
     cfg.recipe_obj()  # fail early on a bad recipe or step count
     return cfg
@@ -367,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="override the config's recipe (its overrides still apply)")
     p.add_argument("--steps", type=_positive, help="override the recipe's maximum steps")
+    _grid_overrides(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
 
@@ -380,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="override the config's recipe (its overrides still apply)")
     p.add_argument("--steps", type=_positive, help="override the recipe's maximum steps")
+    _grid_overrides(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_experiment)
 

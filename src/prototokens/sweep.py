@@ -54,6 +54,7 @@ class SweepConfig:
     success: float = 0.99
     batch: int | None = None
     n_mem: int = 1
+    mem_bos: bool | None = None  # memory method: BOS between [mem] and the text (default True); one-step: unused
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
@@ -67,12 +68,26 @@ class SweepConfig:
         if "name" not in d:
             raise PrototokensError("a sweep config needs a name")
         clean = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        cfg = cls(**clean)
-        if cfg.method not in METHODS:
-            raise PrototokensError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
-        if any(n < 1 for n in cfg.lengths):
+        return cls(**clean)
+
+    def __post_init__(self) -> None:  # also runs on dataclasses.replace (command-line overrides)
+        from .data import SOURCES
+        from .loading import check_model_name
+
+        if self.method not in METHODS:
+            raise PrototokensError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if self.method == "memory" and self.mem_bos is None:
+            object.__setattr__(self, "mem_bos", True)
+        elif self.method != "memory" and self.mem_bos is not None:
+            raise PrototokensError("mem_bos applies to method = \"memory\" only")
+        if any(n < 1 for n in self.lengths):
             raise PrototokensError("lengths must be >= 1")
-        return cfg
+        bad = [s for s in self.sources if s not in (*SOURCES, "inline")]
+        if bad:
+            raise PrototokensError(f"unknown text source(s) {', '.join(map(repr, bad))}; "
+                                   f"known: {', '.join(SOURCES)}, inline")
+        for model in self.models:
+            check_model_name(model)
 
     @classmethod
     def from_toml(cls, path: str | Path, **changes) -> SweepConfig:
@@ -112,11 +127,16 @@ class Unit:
         """The unit's identity; with `token_ids`, a change in the texts' content also changes it."""
         return _digest([cfg.name, cfg.method, cfg.n_mem, self.model, self.source, self.n, self.arrangement,
                         self.share_e, self.share_m, self.seed, cfg.recipe_obj().to_dict(), list(self.text_ids)]
-                       + ([token_ids] if token_ids is not None else []))
+                       + _bos_mark(cfg) + ([token_ids] if token_ids is not None else []))
 
     def row_key(self, cfg: SweepConfig, text_id: str) -> str:
         return _digest([cfg.name, cfg.method, cfg.n_mem, self.model, self.source, self.n, self.arrangement,
-                        self.share_e, self.share_m, self.seed, cfg.recipe_obj().to_dict(), text_id])
+                        self.share_e, self.share_m, self.seed, cfg.recipe_obj().to_dict(), text_id] + _bos_mark(cfg))
+
+
+def _bos_mark(cfg: SweepConfig) -> list:
+    # keys made before mem_bos existed (no BOS) stay as they were
+    return [["mem_bos", True]] if cfg.mem_bos else []
 
 
 def _digest(obj) -> str:
@@ -170,8 +190,8 @@ class Sweep:
     def _check_config(self, path: Path) -> None:
         mine = json.dumps(self.cfg.to_dict(), sort_keys=True, indent=1)
         if path.exists():
-            theirs = path.read_text()
-            if json.loads(theirs) != json.loads(mine):
+            saved = json.loads(path.read_text())
+            if {**_legacy_settings(saved), **saved} != json.loads(mine):
                 raise PrototokensError(f"{path.parent} holds results of a different sweep config; use another run dir")
         elif _dist()[0] == 0:
             tmp = path.with_suffix(".tmp")
@@ -283,7 +303,8 @@ class Sweep:
         else:
             from .baseline import fit_memory
 
-            fit = fit_memory(lm, ids, n_mem=cfg.n_mem, seeds=[unit.seed], recipe=cfg.recipe_obj(), progress=progress)
+            fit = fit_memory(lm, ids, n_mem=cfg.n_mem, seeds=[unit.seed], recipe=cfg.recipe_obj(), progress=progress,
+                             bos=cfg.mem_bos)
         seconds = time.perf_counter() - start
         decode_s = _decode_seconds(lm, fit)
         rel = f"fits/{key}.safetensors"
@@ -299,10 +320,15 @@ class Sweep:
                 accuracy=row.accuracy, c_tokens=getattr(row, "c_tokens", round(row.accuracy * row.n_tokens)),
                 steps=row.steps, status=row.status, h_lm_nats=h_lm, seconds=seconds / len(payload), fit_file=rel,
                 extra={"unit_seconds": seconds, "unit_rows": len(payload), "device": str(lm.device),
-                       "decode_seconds": decode_s},
+                       "decode_seconds": decode_s, **({"bos": cfg.mem_bos} if cfg.method == "memory" else {})},
             ))
         self.store.add(records)
         return len(records)
+
+
+def _legacy_settings(saved: dict) -> dict:
+    """What a config.json written before a setting existed meant by leaving it out."""
+    return {"mem_bos": False if saved.get("method") == "memory" else None}
 
 
 def _sync(dev: torch.device) -> None:
@@ -316,7 +342,7 @@ def _decode_seconds(lm, fit) -> float:
     if hasattr(fit, "mem"):
         from .baseline import greedy_decode
 
-        run = lambda: greedy_decode(lm, fit.mem[0], row.n_tokens)  # noqa: E731
+        run = lambda: greedy_decode(lm, fit.mem[0], row.n_tokens, fit.bos_id)  # noqa: E731
     else:
         from .decoding import decode_ids
 
