@@ -227,8 +227,13 @@ def test_memory_baseline_sweep_and_figures_3_and_4(tmp_path):
     from prototokens.report import write_report
 
     text = write_report(tmp_path).read_text()
-    assert "## Figure 3" in text and "## Figure 4" in text and "memory-1" in text
+    assert "## Figure 3" in text and "## Figure 4" in text and "| memory-1 |" in text
     assert (tmp_path / "figures" / "fig3.png").exists()
+    # a no-BOS baseline run is kept apart from the BOS one
+    Sweep(tiny_config(name="fig3-mem1-cpu", method="memory", n_mem=1, lengths=[2], mem_bos=False),
+          tmp_path / "fig3-nobos").run(progress=False)
+    text = write_report(tmp_path).read_text()
+    assert "| memory-1 |" in text and "| memory-1-nobos |" in text
 
 
 def test_run_dirs_written_before_mem_bos_existed(tmp_path):

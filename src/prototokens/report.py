@@ -38,6 +38,8 @@ def _runs(root: Path) -> dict[str, list[dict]]:
     for d in dirs:
         store = ResultStore(d, create=False)
         for r in store.rows():
+            if r["method"].startswith("memory") and not r["extra"].get("bos"):
+                r = {**r, "method": r["method"] + "-nobos"}  # t_1 predicted at the last [mem] (before mem_bos)
             out[r["experiment"].removesuffix("-cpu")].append({**r, "cpu_scale": r["experiment"].endswith("-cpu")})
         store.close()
     return out
