@@ -145,38 +145,37 @@ def model_names() -> list[tuple[str, str, str]]:
 
 def check_model_name(name: str) -> None:
     """Raise PrototokensError now, without loading anything, if `name` cannot name a model."""
+    if name in bundled.BUNDLED:
+        return
+    if name.startswith(tiny.PREFIX):
+        if name[len(tiny.PREFIX):] not in tiny.TINY_ARCHS:
+            raise PrototokensError(f"unknown tiny model {name!r}; known: {', '.join(tiny.PREFIX + a for a in tiny.TINY_ARCHS)}")
+        return
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise PrototokensError(f"GGUF file not found: {path}")
         return
-    if name.startswith(tiny.PREFIX) and name[len(tiny.PREFIX):] not in tiny.TINY_ARCHS:
-        raise PrototokensError(f"unknown tiny model {name!r}; known: {', '.join(tiny.PREFIX + a for a in tiny.TINY_ARCHS)}")
-    if name in bundled.BUNDLED or name.startswith(tiny.PREFIX) or path.is_dir() or "/" in name:
+    if path.is_dir() or "/" in name:
         return
     known = ", ".join(n for n, _, _ in model_names())
     raise PrototokensError(f"unknown model {name!r}: not a built-in name ({known}), a directory, a .gguf file or a hub id")
 
 
 def _raw_load(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    check_model_name(name)  # from here on, every error is one of loading, not of naming
     if name in bundled.BUNDLED:
         return _from_pretrained(str(bundled.ensure_cached(name)), local_only=True)
     if name.startswith(tiny.PREFIX):
-        arch = name[len(tiny.PREFIX):]
-        if arch not in tiny.TINY_ARCHS:
-            raise PrototokensError(f"unknown tiny model {name!r}; known: {', '.join(tiny.PREFIX + a for a in tiny.TINY_ARCHS)}")
-        return tiny.build_tiny(arch)
+        return tiny.build_tiny(name[len(tiny.PREFIX):])
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise PrototokensError(f"GGUF file not found: {path}")
         return load_gguf(path)
     if path.is_dir():
         return _from_pretrained(str(path), local_only=True)
-    if "/" in name and not path.exists():
+    if not path.exists():  # check_model_name let it through: a hub id
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         return _from_pretrained(name, local_only=offline)
-    check_model_name(name)
     raise PrototokensError(f"cannot load model {name!r}: not a directory, a .gguf file or a hub id")
 
 
