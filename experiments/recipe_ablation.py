@@ -24,6 +24,7 @@ import time
 
 import prototokens as pt
 from prototokens import data
+from prototokens.engine import embedding_stats
 
 # name -> (arrangement, recipe overrides on `paper`); init "embedding" scales are multiples of the
 # embedding std (0.136 on SmolLM2, so x75 is about the N(0, 10^2) of large-init).
@@ -102,10 +103,12 @@ def main() -> None:
         sys.exit(2 if unknown else 0)
     lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
     ids = [data.prefix_tokens(lm, t.text, args.tokens) for t in data.load_texts("gutenberg", args.texts, 0)]
+    emb_std = embedding_stats(lm)[1]  # what init="embedding" scales by: it differs a lot between models
     out = {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype), "tokens": args.tokens,
-           "texts": args.texts, "seeds": args.seeds, "steps": args.steps, "results": []}
+           "texts": args.texts, "seeds": args.seeds, "steps": args.steps, "embedding_std": emb_std, "results": []}
     print(f"# recipe ablation: {lm.name} ({lm.device}, {lm.dtype}), {args.texts} Gutenberg texts x "
-          f"{args.seeds} seed(s), N={args.tokens}, budget {args.steps} steps\n")
+          f"{args.seeds} seed(s), N={args.tokens}, budget {args.steps} steps; "
+          f"input embedding std {emb_std:.3f} per coordinate\n")
     print("| variant | arrangement | 100% | median steps to 100% | mean accuracy | first token right | seconds |")
     print("|---|---|---|---|---|---|---|", flush=True)
     done = {}
