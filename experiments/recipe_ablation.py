@@ -9,7 +9,8 @@ Step counts do not depend on the device, so they can be compared across machines
     python experiments/recipe_ablation.py --tokens 32 --texts 4 --steps 300 --json FILE
     python experiments/recipe_ablation.py --list
 
-A rerun with the same --json file and settings keeps the variants already measured there.
+A rerun with the same --json file and settings keeps the variants already measured there; a file
+from other settings (model, dtype, N, texts, seeds or budget) is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "large-init, no weight decay": ("e-m", {**LARGE, "weight_decay": 0.0}),
     "large-init, betas (0.9, 0.99)": ("e-m", {**LARGE, "betas": (0.9, 0.99)}),
 }
+
+
+# what a --json file's rows depend on: a rerun resumes the file only if all of these match
+SETTINGS = ("model", "dtype", "tokens", "texts", "seeds", "steps")
 
 
 def median_steps(steps: list[int | None], budget: int) -> str:
@@ -101,7 +106,10 @@ def main() -> None:
         for n, (arr, ch) in VARIANTS.items():
             print(f"{n!r}: {arr} {ch}")
         sys.exit(2 if unknown else 0)
-    lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
+    try:
+        lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
+    except pt.PrototokensError as e:
+        sys.exit(f"error: {e}")
     ids = [data.prefix_tokens(lm, t.text, args.tokens) for t in data.load_texts("gutenberg", args.texts, 0)]
     emb_std = embedding_stats(lm)[1]  # what init="embedding" scales by: it differs a lot between models
     out = {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype), "tokens": args.tokens,
@@ -115,9 +123,13 @@ def main() -> None:
     if args.json and os.path.isfile(args.json):
         with open(args.json) as f:
             old = json.load(f)
-        if all(old.get(k) == out[k] for k in ("model", "tokens", "texts", "seeds", "steps")):
-            done = {r["variant"]: r for r in old["results"]}
-            out["results"] = [r for r in old["results"] if r["variant"] not in names]
+        # a file from other settings is refused, never overwritten: it holds measured results
+        differ = [f"{k} {old.get(k)} here, {out[k]} asked" for k in SETTINGS if old.get(k) != out[k]]
+        if differ:
+            sys.exit(f"error: {args.json} holds a run with other settings ({'; '.join(differ)}); "
+                     "name another --json file")
+        done = {r["variant"]: r for r in old["results"]}
+        out["results"] = [r for r in old["results"] if r["variant"] not in names]
     for name in names:
         res = done.get(name) or run_variant(lm, name, ids, args.steps, args.seeds)
         res.update(summarise(res["rows"], args.steps))  # also for stored rows, so the rule is always today's

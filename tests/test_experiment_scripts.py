@@ -1,0 +1,37 @@
+"""The rerunnable experiment scripts under experiments/ (run as a user would, on a tiny model)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ablation(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "experiments" / "recipe_ablation.py"), "--model", "tiny-random-llama",
+           "--device", "cpu", "--tokens", "4", "--texts", "1", "--variants", "paper", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_recipe_ablation_resumes_its_json_and_refuses_other_settings(tmp_path):
+    out = tmp_path / "ablation.json"
+    first = ablation("--steps", "3", "--json", str(out))
+    assert first.returncode == 0, first.stderr
+    stored = out.read_text()
+    rows = json.loads(stored)["results"]
+    assert [r["variant"] for r in rows] == ["paper"] and rows[0]["rows"][0]["n_tokens"] == 4
+
+    again = ablation("--steps", "3", "--json", str(out))  # same settings: kept, not refitted
+    assert again.returncode == 0, again.stderr
+    assert json.loads(out.read_text())["results"][0]["seconds"] == rows[0]["seconds"]
+
+    other = ablation("--steps", "5", "--json", str(out))  # other budget: refused, file untouched
+    assert other.returncode != 0
+    assert other.stderr.strip().count("\n") == 0 and "steps 3 here, 5 asked" in other.stderr
+    assert out.read_text() == stored
+
+
+def test_recipe_ablation_rejects_an_unknown_model_in_one_line(tmp_path):
+    res = ablation("--steps", "1", "--model", "no-such-model")
+    assert res.returncode != 0 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
