@@ -1,9 +1,10 @@
 """Recipe ablations: which init, learning rate, schedule, arrangement, restarts and loss shaping
 make one-step fits converge, on the same texts and step budget (docs/recipe.md, issue #6).
 
-Every variant fits the same Project Gutenberg passages (their first N tokens, `m` not shared) and
-reports how many reached 100%, the median steps to get there (a failure counts as more than the
-budget), mean accuracy, how often the first token (the output at `e`) is right, and wall time.
+Every variant fits the same Project Gutenberg passages (their first N tokens; each its own `m`, or
+one `m` shared by all with --share-m 0) and reports how many reached 100%, the median steps to get
+there (a failure counts as more than the budget), mean accuracy, how often the first token (the
+output at `e`) is right, and wall time.
 Step counts do not depend on the device, so they can be compared across machines; seconds cannot.
 
     python experiments/recipe_ablation.py --tokens 32 --texts 4 --steps 300 --json FILE
@@ -56,7 +57,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 
 # what a --json file's rows depend on: a rerun resumes the file only if all of these match
-SETTINGS = ("model", "dtype", "tokens", "texts", "seeds", "steps")
+SETTINGS = ("model", "dtype", "tokens", "texts", "seeds", "steps", "share_m")
+OLD_DEFAULTS = {"share_m": 1}  # files written before the setting existed
 
 
 def median_steps(steps: list[int | None], budget: int) -> str:
@@ -73,11 +75,11 @@ def summarise(rows: list[dict], budget: int) -> dict:
             "first_token_right": statistics.fmean(r["correct"][0] == "1" for r in rows)}
 
 
-def run_variant(lm: pt.FrozenLM, name: str, ids: list[list[int]], steps: int, seeds: int) -> dict:
+def run_variant(lm: pt.FrozenLM, name: str, ids: list[list[int]], steps: int, seeds: int, share_m: int = 1) -> dict:
     arrangement, changes = VARIANTS[name]
     recipe = pt.get_recipe("paper", max_steps=steps, **changes).replace(name=name)
     t = time.perf_counter()
-    fit = pt.fit_token_ids(lm, ids, seeds=seeds, arrangement=arrangement, recipe=recipe)
+    fit = pt.fit_token_ids(lm, ids, seeds=seeds, arrangement=arrangement, recipe=recipe, share_m=share_m)
     secs = time.perf_counter() - t
     rows = [{"text": i // seeds, "seed": r.seed, "n_tokens": r.n_tokens, "accuracy": r.accuracy,
              "steps": r.steps, "status": r.status, "restarts": r.restarts,
@@ -94,6 +96,8 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=4, help="Gutenberg passages")
     ap.add_argument("--seeds", type=int, default=1, help="fits per text (seeds 0..K-1)")
     ap.add_argument("--steps", type=int, default=300, help="step budget per fit")
+    ap.add_argument("--share-m", type=int, default=1, choices=(0, 1),
+                    help="1: every fit has its own m; 0: one m shared by all texts and seeds")
     ap.add_argument("--variants", nargs="+", help="run only these variants (exact names; default: all)")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
     ap.add_argument("--json", help="write every row here; variants already in it (same settings) are not rerun")
@@ -113,9 +117,10 @@ def main() -> None:
     ids = [data.prefix_tokens(lm, t.text, args.tokens) for t in data.load_texts("gutenberg", args.texts, 0)]
     emb_std = embedding_stats(lm)[1]  # what init="embedding" scales by: it differs a lot between models
     out = {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype), "tokens": args.tokens,
-           "texts": args.texts, "seeds": args.seeds, "steps": args.steps, "embedding_std": emb_std, "results": []}
+           "texts": args.texts, "seeds": args.seeds, "steps": args.steps, "share_m": args.share_m, "embedding_std": emb_std, "results": []}
     print(f"# recipe ablation: {lm.name} ({lm.device}, {lm.dtype}), {args.texts} Gutenberg texts x "
-          f"{args.seeds} seed(s), N={args.tokens}, budget {args.steps} steps; "
+          f"{args.seeds} seed(s), N={args.tokens}, budget {args.steps} steps, "
+          f"{'own m' if args.share_m else 'one shared m'}; "
           f"input embedding std {emb_std:.3f} per coordinate\n")
     print("| variant | arrangement | 100% | median steps to 100% | mean accuracy | first token right | seconds |")
     print("|---|---|---|---|---|---|---|", flush=True)
@@ -124,14 +129,15 @@ def main() -> None:
         with open(args.json) as f:
             old = json.load(f)
         # a file from other settings is refused, never overwritten: it holds measured results
-        differ = [f"{k} {old.get(k)} here, {out[k]} asked" for k in SETTINGS if old.get(k) != out[k]]
+        have = {k: old.get(k, OLD_DEFAULTS.get(k)) for k in SETTINGS}
+        differ = [f"{k} {have[k]} here, {out[k]} asked" for k in SETTINGS if have[k] != out[k]]
         if differ:
             sys.exit(f"error: {args.json} holds a run with other settings ({'; '.join(differ)}); "
                      "name another --json file")
         done = {r["variant"]: r for r in old["results"]}
         out["results"] = [r for r in old["results"] if r["variant"] not in names]
     for name in names:
-        res = done.get(name) or run_variant(lm, name, ids, args.steps, args.seeds)
+        res = done.get(name) or run_variant(lm, name, ids, args.steps, args.seeds, args.share_m)
         res.update(summarise(res["rows"], args.steps))  # also for stored rows, so the rule is always today's
         out["results"].append(res)
         print(f"| {name} | {res['arrangement']} | {res['exact']}/{res['fits']} | {res['median_steps']} | "

@@ -32,6 +32,19 @@ def test_recipe_ablation_resumes_its_json_and_refuses_other_settings(tmp_path):
     assert out.read_text() == stored
 
 
+def test_recipe_ablation_shares_one_m_on_request(tmp_path):
+    out = tmp_path / "shared.json"
+    res = ablation("--texts", "2", "--steps", "2", "--share-m", "0", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    stored = json.loads(out.read_text())
+    assert stored["share_m"] == 0 and "one shared m" in res.stdout
+    # an old file (no share_m key) counts as own m, so a shared-m rerun on it is refused
+    del stored["share_m"]
+    out.write_text(json.dumps(stored))
+    again = ablation("--texts", "2", "--steps", "2", "--share-m", "0", "--json", str(out))
+    assert again.returncode != 0 and "share_m 1 here, 0 asked" in again.stderr
+
+
 def test_recipe_ablation_rejects_an_unknown_model_in_one_line(tmp_path):
     res = ablation("--steps", "1", "--model", "no-such-model")
     assert res.returncode != 0 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
