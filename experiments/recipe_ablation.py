@@ -11,7 +11,8 @@ Step counts do not depend on the device, so they can be compared across machines
     python experiments/recipe_ablation.py --list
 
 A rerun with the same --json file and settings keeps the variants already measured there; a file
-from other settings (model, dtype, N, texts, seeds or budget) is refused, never overwritten.
+from other settings (model, dtype, N, texts, seeds, budget or sharing of m) is refused, never
+overwritten.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from prototokens.engine import embedding_stats
 # name -> (arrangement, recipe overrides on `paper`); init "embedding" scales are multiples of the
 # embedding std (0.136 on SmolLM2, so x75 is about the N(0, 10^2) of large-init).
 LARGE = {"init_scale": 10.0, "lr": 0.1}
+X30 = {"init_scale": 30.0, "lr": 0.3}
+RECOMMENDED = {**X30, "focal_gamma": 2.0}  # = the `recommended` recipe's overrides on `paper`
+COSINE = {"schedule": "cosine", "warmup_steps": 10}
 VARIANTS: dict[str, tuple[str, dict]] = {
     "paper": ("e-m", {}),
     "paper, [e][m]xN": ("e-m-plus", {}),
@@ -39,18 +43,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "large-init, [e][m]xN": ("e-m-plus", LARGE),
     "large-init, lr 0.03": ("e-m", {**LARGE, "lr": 0.03}),
     "large-init, lr 0.3": ("e-m", {**LARGE, "lr": 0.3}),
-    "init x30, lr 0.3": ("e-m", {"init_scale": 30.0, "lr": 0.3}),
-    "init x30, lr 0.3, focal 2": ("e-m", {"init_scale": 30.0, "lr": 0.3, "focal_gamma": 2.0}),
-    "init x30, lr 0.3, [e][m]xN": ("e-m-plus", {"init_scale": 30.0, "lr": 0.3}),
-    "init x30, lr 0.3, focal 2, cosine": ("e-m", {"init_scale": 30.0, "lr": 0.3, "focal_gamma": 2.0,
-                                                   "schedule": "cosine", "warmup_steps": 10}),
-    "init x30, lr 0.3, focal 2, cosine, [e][m]xN": ("e-m-plus", {"init_scale": 30.0, "lr": 0.3, "focal_gamma": 2.0,
-                                                                 "schedule": "cosine", "warmup_steps": 10}),
+    "init x30, lr 0.3": ("e-m", X30),
+    "init x30, lr 0.3, focal 2": ("e-m", RECOMMENDED),
+    "init x30, lr 0.3, [e][m]xN": ("e-m-plus", X30),
+    "init x30, lr 0.3, focal 2, cosine": ("e-m", {**RECOMMENDED, **COSINE}),
+    "init x30, lr 0.3, focal 2, cosine, [e][m]xN": ("e-m-plus", {**RECOMMENDED, **COSINE}),
     "init x30, lr 0.1, focal 2": ("e-m", {"init_scale": 30.0, "lr": 0.1, "focal_gamma": 2.0}),
     "init x100, lr 1": ("e-m", {"init_scale": 100.0, "lr": 1.0}),
     "embedding-std x75": ("e-m", {"init": "embedding", "init_scale": 75.0, "lr": 0.1}),
     "token embedding x75": ("e-m", {"init": "tokens", "init_scale": 75.0, "lr": 0.1}),
-    "large-init, cosine": ("e-m", {**LARGE, "schedule": "cosine", "warmup_steps": 10}),
+    "large-init, cosine": ("e-m", {**LARGE, **COSINE}),
     "large-init, focal 2": ("e-m", {**LARGE, "focal_gamma": 2.0}),
     "large-init, restarts": ("e-m", {**LARGE, "restarts": 3, "restart_after": 60}),
     "large-init, no weight decay": ("e-m", {**LARGE, "weight_decay": 0.0}),
@@ -119,7 +121,8 @@ def main() -> None:
     ids = [data.prefix_tokens(lm, t.text, args.tokens) for t in data.load_texts("gutenberg", args.texts, 0)]
     emb_std = embedding_stats(lm)[1]  # what init="embedding" scales by: it differs a lot between models
     out = {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype), "tokens": args.tokens,
-           "texts": args.texts, "seeds": args.seeds, "steps": args.steps, "share_m": args.share_m, "embedding_std": emb_std, "results": []}
+           "texts": args.texts, "seeds": args.seeds, "steps": args.steps, "share_m": args.share_m,
+           "embedding_std": emb_std, "results": []}
     print(f"# recipe ablation: {lm.name} ({lm.device}, {lm.dtype}), {args.texts} Gutenberg texts x "
           f"{args.seeds} seed(s), N={args.tokens}, budget {args.steps} steps, "
           f"{'own m' if args.share_m else 'one shared m'}; "

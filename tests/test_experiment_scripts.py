@@ -46,5 +46,5 @@ def test_recipe_ablation_shares_one_m_on_request(tmp_path):
 
 
 def test_recipe_ablation_rejects_an_unknown_model_in_one_line(tmp_path):
-    res = ablation("--steps", "1", "--model", "no-such-model")
+    res = ablation("--steps", "1", "--model", "no-such-model")  # the later --model wins
     assert res.returncode != 0 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
