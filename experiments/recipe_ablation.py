@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "init x30, lr 0.3, [e][m]xN": ("e-m-plus", X30),
     "init x30, lr 0.3, focal 2, cosine": ("e-m", {**RECOMMENDED, **COSINE}),
     "init x30, lr 0.3, focal 2, cosine, [e][m]xN": ("e-m-plus", {**RECOMMENDED, **COSINE}),
+    "init x30, lr 0.3, focal 2, plateau 100": ("e-m", {**RECOMMENDED, "plateau_after": 100}),
+    "init x30, lr 0.3, focal 2, plateau 50": ("e-m", {**RECOMMENDED, "plateau_after": 50}),
     "init x30, lr 0.1, focal 2": ("e-m", {"init_scale": 30.0, "lr": 0.1, "focal_gamma": 2.0}),
     "init x100, lr 1": ("e-m", {"init_scale": 100.0, "lr": 1.0}),
     "embedding-std x75": ("e-m", {"init": "embedding", "init_scale": 75.0, "lr": 0.1}),

@@ -290,3 +290,9 @@ def test_default_recipe_is_kuratovs_embedding_scale_init(llama, monkeypatch):
     assert fit.recipe["name"] == "kuratov" and fit.recipe["patience"] == 2000 and fit.recipe["lr"] == 0.01
     std = embedding_stats(llama)[1]
     assert 0.8 * std < fit.mem.std().item() < 1.2 * std and abs(std - 1.0) > 0.3  # not the paper's N(0, 1)
+
+
+@pytest.mark.parametrize("recipe", ["recommended", TINY_RECIPE.replace(plateau_after=10)])
+def test_recipe_fields_the_baseline_lacks_are_refused(llama, recipe):
+    with pytest.raises(pt.PrototokensError, match="does not support"):
+        fit_memory(llama, [llama.encode("Hi")], recipe=recipe)

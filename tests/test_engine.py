@@ -170,6 +170,42 @@ def test_a_converging_row_is_never_restarted(llama):
     assert r.status == "converged" and r.restarts == 0
 
 
+def test_plateau_decay_shrinks_a_stalled_rows_steps(llama, monkeypatch):
+    starts = []
+    forward = llama.model.base_model.forward
+
+    def spy(*a, **k):
+        starts.append(k["inputs_embeds"][0, 0].detach().float().clone())
+        return forward(*a, **k)
+
+    monkeypatch.setattr(llama.model.base_model, "forward", spy)
+    rec = TINY_RECIPE.replace(lr=1e-3, max_steps=30, plateau_after=5, plateau_factor=0.1)
+    pt.fit(llama, ["A text that cannot be learnt at this rate"], recipe=rec, check_every=1)
+    moves = [float((b - a).norm()) for a, b in zip(starts, starts[1:], strict=False)]
+    # accuracy never improves after step 0, so the rate falls 10x at steps 5, 10, 15, 20 and 25
+    assert min(moves[:5]) > 0
+    assert max(moves[-4:]) < 1e-3 * min(moves[:5])
+
+
+def test_plateau_factor_one_changes_nothing(llama):
+    texts = ["Hello there", "Yo"]
+    plain = pt.fit(llama, texts, recipe=TINY_RECIPE.replace(max_steps=40))
+    same = pt.fit(llama, texts, recipe=TINY_RECIPE.replace(max_steps=40, plateau_after=1, plateau_factor=1.0))
+    assert torch.allclose(plain.e, same.e, atol=1e-6) and torch.allclose(plain.m, same.m, atol=1e-6)
+
+
+def test_plateau_decay_is_per_fit(llama):
+    """A row's rate falls only when it stalls itself: alone or beside a stalling row, it is the same."""
+    # here the long text first stalls at step 30, "Hello" at 32, and "Hello" is exact at step 66
+    rec = TINY_RECIPE.replace(max_steps=80, plateau_after=12)
+    alone = pt.fit(llama, ["Hello"], recipe=rec, check_every=1)
+    beside = pt.fit(llama, ["Hello", "A much longer text, which stalls now and then on its way to the end"],
+                    recipe=rec, check_every=1)
+    assert alone.rows[0].status == "converged"
+    assert beside.rows[0].steps == alone.rows[0].steps
+    assert torch.allclose(beside.e[0], alone.e[0], atol=1e-3)  # batching changes only rounding
+
+
 def test_focal_loss_weights_each_token_by_its_error(llama):
     from prototokens.engine import assemble_inputs, chunked_token_losses, forward_hidden, row_losses
 
@@ -239,6 +275,15 @@ def test_bf16_model_with_fp32_prototokens():
     assert fit.rows[0].accuracy == 1.0
 
 
+def test_recipe_dict_leaves_out_later_fields_at_their_defaults():
+    # sweep units and cached fits are keyed by this dict: adding plateau_* must not change old keys
+    assert "plateau_after" not in pt.Recipe().to_dict() and "plateau_factor" not in pt.Recipe().to_dict()
+    r = pt.Recipe(plateau_after=50, plateau_factor=0.25)
+    d = r.to_dict()
+    assert d["plateau_after"] == 50 and d["plateau_factor"] == 0.25
+    assert pt.Recipe.from_dict(d) == r and pt.Recipe.from_dict(pt.Recipe().to_dict()) == pt.Recipe()
+
+
 def test_lr_schedules():
     r = pt.Recipe(lr=1.0, max_steps=100, schedule="cosine", warmup_steps=10)
     assert r.lr_at(0) == pytest.approx(0.1)
@@ -250,7 +295,8 @@ def test_lr_schedules():
 
 @pytest.mark.parametrize("bad", [dict(init="zeros"), dict(schedule="step"), dict(max_steps=-1), dict(lr=0),
                                  dict(restarts=2), dict(restarts=-1), dict(restarts=1, restart_after=0),
-                                 dict(focal_gamma=-1.0)])
+                                 dict(focal_gamma=-1.0), dict(plateau_after=0), dict(plateau_factor=0.0),
+                                 dict(plateau_factor=1.5)])
 def test_bad_recipe_values(bad):
     with pytest.raises(pt.PrototokensError):
         pt.get_recipe("paper", **bad)

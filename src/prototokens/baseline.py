@@ -263,6 +263,11 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
     check_every: steps between reads of the stop bookkeeping (default 1 on CPU, 10 on GPU).
     """
     recipe = get_recipe(recipe or "kuratov")
+    unsupported = [f for f, off in (("restarts", 0), ("focal_gamma", 0.0), ("plateau_after", None))
+                   if getattr(recipe, f) != off]
+    if unsupported:
+        raise PrototokensError(f"the [mem] baseline does not support recipe field(s) {', '.join(unsupported)} "
+                               f"(recipe {recipe.name!r}); use 'kuratov' or 'paper' with other overrides")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not token_ids:
         raise PrototokensError("no texts to fit")

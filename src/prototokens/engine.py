@@ -225,6 +225,9 @@ class _Run:
         self.try_acc = torch.full((n_units,), -1.0, device=dev)
         self.try_step = torch.zeros(n_units, dtype=torch.long, device=dev)
         self.restarts = [0] * n_units
+        # per-unit learning-rate multiplier of recipe.plateau_after, and the step of its last decay
+        self.lr_mult = torch.ones(n_units, device=dev)
+        self.decay_step = torch.zeros(n_units, dtype=torch.long, device=dev)
         self.active = torch.arange(len(rows), device=dev)
         self.e_ids = torch.unique(self.row_e)  # global ids of the active e / m vectors
         self.m_ids = torch.unique(self.row_m)
@@ -283,7 +286,26 @@ class _Run:
             self.best_m[self.m_ids] = torch.where(imp_m, self.M.detach(), self.best_m[self.m_ids])
         show_progress(self.bar, step, self.check_every, acc, row_loss)
         if update:
+            before = (self.E.detach().clone(), self.M.detach().clone()) if self.recipe.plateau_after else None
             optimiser_step(self.opt, self.recipe, step, row_loss, finite, (self.E, self.M), self._reduce_m)
+            if before is not None:
+                self._scale_updates(*before)
+
+    def _scale_updates(self, e_old: torch.Tensor, m_old: torch.Tensor) -> None:
+        # An AdamW update is linear in the learning rate, so scaling a vector's step by its unit's
+        # multiplier is exactly a step taken at that unit's own rate.
+        with torch.no_grad():
+            for p, old, unit_of, ids in ((self.E, e_old, self.e_unit, self.e_ids), (self.M, m_old, self.m_unit, self.m_ids)):
+                mult = self.lr_mult[unit_of[ids]].unsqueeze(-1).to(p.dtype)
+                p.copy_(torch.where(mult == 1, p, old + mult * (p - old)))  # full-rate rows bit for bit
+
+    def decay_stalled(self, step: int) -> None:
+        """Multiply the learning rate of units whose accuracy has stalled by recipe.plateau_factor."""
+        r = self.recipe
+        since = step - torch.maximum(self.try_step, self.decay_step)
+        stall = self._live_units() & ~self.bad & (self.best_acc < r.stop_accuracy) & (since >= r.plateau_after)
+        self.lr_mult = torch.where(stall, self.lr_mult * r.plateau_factor, self.lr_mult)
+        self.decay_step = torch.where(stall, torch.full_like(self.decay_step, step), self.decay_step)
 
     def _live_units(self) -> torch.Tensor:
         """(n_units,) bool: the units with a row still in the active batch."""
@@ -303,6 +325,7 @@ class _Run:
         for u in todo:
             self.restarts[u] += 1
             self.try_acc[u], self.try_step[u] = -1.0, step
+            self.lr_mult[u], self.decay_step[u] = 1.0, step
             for param, ids, row_of, unit_of, tag in ((self.E, self.e_ids, self.row_e, self.e_unit, "e"),
                                                       (self.M, self.m_ids, self.row_m, self.m_unit, "m")):
                 loc = torch.nonzero(unit_of[ids] == u).flatten()
@@ -320,6 +343,8 @@ class _Run:
         """Retire stopped units and compact the batch; return whether any row is still active."""
         if self.recipe.restarts and not final:
             self.restart_stalled(step)
+        if self.recipe.plateau_after and not final:
+            self.decay_stalled(step)
         units = self.row_unit[self.active]
         done = stopped(self.recipe, self.bad, self.best_acc, self.best_step, step, final)
         keep_row = ~done[units]

@@ -16,6 +16,8 @@ from .errors import PrototokensError
 
 INITS = ("normal", "embedding", "tokens")
 SCHEDULES = ("constant", "cosine", "linear")
+# fields added after stored results existed, with their defaults (see Recipe.to_dict)
+_LATER_FIELDS = {"plateau_after": None, "plateau_factor": 0.5}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class Recipe:
         times; the best state over all attempts is kept and the step budget is shared.
     focal_gamma: loss shaping; each token's cross-entropy is weighted by (1 - p)^gamma (focal loss),
         so tokens already right weigh little and the last wrong ones dominate (0 = plain mean CE).
+    plateau_after / plateau_factor: per-fit step decay on a stall; a fit whose accuracy has not
+        improved for ``plateau_after`` steps has its learning rate multiplied by ``plateau_factor``
+        (again after each further ``plateau_after`` steps without improvement), on top of
+        ``schedule``. Unlike a schedule, it does not depend on the step budget, and it acts on the
+        stalled fits only, leaving the others in a batch at full rate.
     """
 
     name: str = "paper"
@@ -50,6 +57,8 @@ class Recipe:
     restarts: int = 0
     restart_after: int | None = None
     focal_gamma: float = 0.0
+    plateau_after: int | None = None
+    plateau_factor: float = 0.5
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,6 +78,10 @@ class Recipe:
             raise PrototokensError("restarts need restart_after >= 1 (steps without improvement before a restart)")
         if self.focal_gamma < 0:
             raise PrototokensError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.plateau_after is not None and self.plateau_after < 1:
+            raise PrototokensError(f"plateau_after must be >= 1, got {self.plateau_after}")
+        if not 0 < self.plateau_factor <= 1:
+            raise PrototokensError(f"plateau_factor must be in (0, 1], got {self.plateau_factor}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimiser step `step` (0-based)."""
@@ -88,8 +101,13 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The fields as JSON values; fields added after results were first stored are left out at
+        their defaults, so the identities of stored sweep units and cached fits do not change."""
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        for k, default in _LATER_FIELDS.items():
+            if d[k] == default:
+                del d[k]
         return d
 
     @classmethod
