@@ -1,4 +1,4 @@
-"""Recipe ablations: which init, learning rate, schedule, arrangement, restarts and loss shaping
+"""Recipe ablations: which init, learning rate, schedule (or step cut on a stall), arrangement, restarts and loss shaping
 make one-step fits converge, on the same texts and step budget (docs/recipe.md, issue #6).
 
 Every variant fits the same Project Gutenberg passages (their first N tokens; each its own `m`, or
