@@ -146,15 +146,21 @@ def test_patience_stops_a_stalled_row(llama):
     assert fit.rows[0].status == "patience"
 
 
-def test_restarts_reinitialise_a_stalled_row(llama, monkeypatch):
+def record_first_inputs(lm: pt.FrozenLM, monkeypatch) -> list[torch.Tensor]:
+    """A list that gets the first row's input at position 0 (its `e`) on every forward pass."""
     starts = []
-    forward = llama.model.base_model.forward
+    forward = lm.model.base_model.forward
 
     def spy(*a, **k):
         starts.append(k["inputs_embeds"][0, 0].detach().float().clone())
         return forward(*a, **k)
 
-    monkeypatch.setattr(llama.model.base_model, "forward", spy)
+    monkeypatch.setattr(lm.model.base_model, "forward", spy)
+    return starts
+
+
+def test_restarts_reinitialise_a_stalled_row(llama, monkeypatch):
+    starts = record_first_inputs(llama, monkeypatch)
     rec = TINY_RECIPE.replace(lr=1e-6, max_steps=40, restarts=2, restart_after=5)
     fit = pt.fit(llama, ["A text that cannot be learnt at this rate"], recipe=rec)
     r = fit.rows[0]
@@ -171,14 +177,7 @@ def test_a_converging_row_is_never_restarted(llama):
 
 
 def test_plateau_decay_shrinks_a_stalled_rows_steps(llama, monkeypatch):
-    starts = []
-    forward = llama.model.base_model.forward
-
-    def spy(*a, **k):
-        starts.append(k["inputs_embeds"][0, 0].detach().float().clone())
-        return forward(*a, **k)
-
-    monkeypatch.setattr(llama.model.base_model, "forward", spy)
+    starts = record_first_inputs(llama, monkeypatch)
     rec = TINY_RECIPE.replace(lr=1e-3, max_steps=30, plateau_after=5, plateau_factor=0.1)
     pt.fit(llama, ["A text that cannot be learnt at this rate"], recipe=rec, check_every=1)
     moves = [float((b - a).norm()) for a, b in zip(starts, starts[1:], strict=False)]

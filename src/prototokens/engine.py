@@ -302,10 +302,13 @@ class _Run:
     def decay_stalled(self, step: int) -> None:
         """Multiply the learning rate of units whose accuracy has stalled by recipe.plateau_factor."""
         r = self.recipe
-        since = step - torch.maximum(self.try_step, self.decay_step)
-        stall = self._live_units() & ~self.bad & (self.best_acc < r.stop_accuracy) & (since >= r.plateau_after)
+        stall = self._stalled(step - torch.maximum(self.try_step, self.decay_step), r.plateau_after)
         self.lr_mult = torch.where(stall, self.lr_mult * r.plateau_factor, self.lr_mult)
         self.decay_step = torch.where(stall, torch.full_like(self.decay_step, step), self.decay_step)
+
+    def _stalled(self, since: torch.Tensor, after: int) -> torch.Tensor:
+        """(n_units,) bool: live, unfinished units whose `since` (steps) has reached `after`."""
+        return self._live_units() & ~self.bad & (self.best_acc < self.recipe.stop_accuracy) & (since >= after)
 
     def _live_units(self) -> torch.Tensor:
         """(n_units,) bool: the units with a row still in the active batch."""
@@ -320,7 +323,7 @@ class _Run:
     def restart_stalled(self, step: int) -> None:
         """Re-initialise units whose current attempt has stalled (recipe.restarts / restart_after)."""
         r = self.recipe
-        stall = self._live_units() & ~self.bad & (self.best_acc < r.stop_accuracy) & (step - self.try_step >= r.restart_after)
+        stall = self._stalled(step - self.try_step, r.restart_after)
         todo = [u for u in torch.nonzero(stall).flatten().tolist() if self.restarts[u] < r.restarts]
         for u in todo:
             self.restarts[u] += 1
