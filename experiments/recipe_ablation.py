@@ -50,6 +50,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "init x30, lr 0.3, focal 2, cosine, [e][m]xN": ("e-m-plus", {**RECOMMENDED, **COSINE}),
     "init x30, lr 0.3, focal 2, plateau 100": ("e-m", {**RECOMMENDED, "plateau_after": 100}),
     "init x30, lr 0.3, focal 2, plateau 50": ("e-m", {**RECOMMENDED, "plateau_after": 50}),
+    # a fit stalled for 300 steps has had 6 cuts (lr / 64): start it afresh rather than let it freeze
+    "init x30, lr 0.3, focal 2, plateau 50, restarts": (
+        "e-m", {**RECOMMENDED, "plateau_after": 50, "restarts": 3, "restart_after": 300}),
     "init x30, lr 0.1, focal 2": ("e-m", {"init_scale": 30.0, "lr": 0.1, "focal_gamma": 2.0}),
     "init x100, lr 1": ("e-m", {"init_scale": 100.0, "lr": 1.0}),
     "embedding-std x75": ("e-m", {"init": "embedding", "init_scale": 75.0, "lr": 0.1}),
