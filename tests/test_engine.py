@@ -283,6 +283,14 @@ def test_recipe_dict_leaves_out_later_fields_at_their_defaults():
     assert pt.Recipe.from_dict(d) == r and pt.Recipe.from_dict(pt.Recipe().to_dict()) == pt.Recipe()
 
 
+def test_plateau_candidate_is_recommended_plus_the_step_cut_only():
+    # docs/recipe.md compares the two as "recommended + plateau_after 50"; any other difference would
+    # make that comparison (and the GPU capacity runs that decide between them) confounded
+    rec, cand = pt.get_recipe("recommended").to_dict(), pt.get_recipe("recommended-plateau").to_dict()
+    diff = {k for k in rec.keys() | cand.keys() if rec.get(k) != cand.get(k)}
+    assert diff == {"name", "plateau_after"} and cand["plateau_after"] == 50
+
+
 def test_lr_schedules():
     r = pt.Recipe(lr=1.0, max_steps=100, schedule="cosine", warmup_steps=10)
     assert r.lr_at(0) == pytest.approx(0.1)
