@@ -119,18 +119,19 @@ class Recipe:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+# The default (docs/recipe.md): best of the N = 32 ablations (4/4 Gutenberg texts exact on
+# SmolLM2-135M, median 188.5 steps) and capacity 32-45 tokens per text where `paper` reaches 0-5.
+_RECOMMENDED = Recipe(name="recommended", init_scale=30.0, lr=0.3, focal_gamma=2.0)
+
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(),
     # Provisional (docs/recipe.md): a 10x larger init keeps position 0 out of the model's attention-
     # sink regime, where its output hardly depends on the input and the first token is never learnt.
     "large-init": Recipe(name="large-init", init_scale=10.0, lr=0.1),
-    # The default (docs/recipe.md): best of the N = 32 ablations (4/4 Gutenberg texts exact on
-    # SmolLM2-135M, median 188.5 steps) and capacity 32-45 tokens per text where `paper` reaches 0-5.
-    "recommended": Recipe(name="recommended", init_scale=30.0, lr=0.3, focal_gamma=2.0),
+    "recommended": _RECOMMENDED,
     # The candidate to replace it (docs/recipe.md, "Cutting the step on a stall"): halve a fit's
     # rate after 50 steps without improvement. Fits more texts at N = 45 and 64, slower at N = 32.
-    "recommended-plateau": Recipe(name="recommended-plateau", init_scale=30.0, lr=0.3, focal_gamma=2.0,
-                                  plateau_after=50),
+    "recommended-plateau": _RECOMMENDED.replace(name="recommended-plateau", plateau_after=50),
     # The [mem] baseline as Kuratov et al. train it: the paper's optimiser, mem vectors drawn at the
     # scale of the input embeddings (as the RMT MemoryCell their wrapper builds on does), and a stop
     # after 2000 steps without improvement.
