@@ -186,6 +186,16 @@ def test_plateau_decay_shrinks_a_stalled_rows_steps(llama, monkeypatch):
     assert max(moves[-4:]) < 1e-3 * min(moves[:5])
 
 
+def test_plateau_min_is_the_floor_of_the_cuts(llama, monkeypatch):
+    starts = record_first_inputs(llama, monkeypatch)
+    rec = TINY_RECIPE.replace(lr=1e-3, max_steps=30, plateau_after=5, plateau_factor=0.1, plateau_min=0.1)
+    pt.fit(llama, ["A text that cannot be learnt at this rate"], recipe=rec, check_every=1)
+    moves = [float((b - a).norm()) for a, b in zip(starts, starts[1:], strict=False)]
+    # the same stall as above, but the rate stops at lr / 10 after the first cut instead of falling
+    # 10x four more times: the last steps are about a tenth of the first, not a ten-thousandth
+    assert 1e-2 * min(moves[:5]) < max(moves[-4:]) < 0.5 * min(moves[:5])
+
+
 def test_plateau_factor_one_changes_nothing(llama):
     texts = ["Hello there", "Yo"]
     plain = pt.fit(llama, texts, recipe=TINY_RECIPE.replace(max_steps=40))
@@ -276,10 +286,10 @@ def test_bf16_model_with_fp32_prototokens():
 
 def test_recipe_dict_leaves_out_later_fields_at_their_defaults():
     # sweep units and cached fits are keyed by this dict: adding plateau_* must not change old keys
-    assert "plateau_after" not in pt.Recipe().to_dict() and "plateau_factor" not in pt.Recipe().to_dict()
-    r = pt.Recipe(plateau_after=50, plateau_factor=0.25)
+    assert not {"plateau_after", "plateau_factor", "plateau_min"} & pt.Recipe().to_dict().keys()
+    r = pt.Recipe(plateau_after=50, plateau_factor=0.25, plateau_min=0.125)
     d = r.to_dict()
-    assert d["plateau_after"] == 50 and d["plateau_factor"] == 0.25
+    assert d["plateau_after"] == 50 and d["plateau_factor"] == 0.25 and d["plateau_min"] == 0.125
     assert pt.Recipe.from_dict(d) == r and pt.Recipe.from_dict(pt.Recipe().to_dict()) == pt.Recipe()
 
 
@@ -303,7 +313,7 @@ def test_lr_schedules():
 @pytest.mark.parametrize("bad", [dict(init="zeros"), dict(schedule="step"), dict(max_steps=-1), dict(lr=0),
                                  dict(restarts=2), dict(restarts=-1), dict(restarts=1, restart_after=0),
                                  dict(focal_gamma=-1.0), dict(plateau_after=0), dict(plateau_factor=0.0),
-                                 dict(plateau_factor=1.5)])
+                                 dict(plateau_factor=1.5), dict(plateau_min=-0.1), dict(plateau_min=2.0)])
 def test_bad_recipe_values(bad):
     with pytest.raises(pt.PrototokensError):
         pt.get_recipe("paper", **bad)

@@ -300,10 +300,12 @@ class _Run:
                 p.copy_(torch.where(mult == 1, p, old + mult * (p - old)))  # full-rate rows bit for bit
 
     def decay_stalled(self, step: int) -> None:
-        """Multiply the learning rate of units whose accuracy has stalled by recipe.plateau_factor."""
+        """Multiply the learning rate of units whose accuracy has stalled by recipe.plateau_factor,
+        down to recipe.plateau_min."""
         r = self.recipe
         stall = self._stalled(step - torch.maximum(self.try_step, self.decay_step), r.plateau_after)
-        self.lr_mult = torch.where(stall, self.lr_mult * r.plateau_factor, self.lr_mult)
+        cut = (self.lr_mult * r.plateau_factor).clamp(min=r.plateau_min)
+        self.lr_mult = torch.where(stall, cut, self.lr_mult)
         self.decay_step = torch.where(stall, torch.full_like(self.decay_step, step), self.decay_step)
 
     def _stalled(self, since: torch.Tensor, after: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from .errors import PrototokensError
 INITS = ("normal", "embedding", "tokens")
 SCHEDULES = ("constant", "cosine", "linear")
 # fields added after stored results existed, with their defaults (see Recipe.to_dict)
-_LATER_FIELDS = {"plateau_after": None, "plateau_factor": 0.5}
+_LATER_FIELDS = {"plateau_after": None, "plateau_factor": 0.5, "plateau_min": 0.0}
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Recipe:
         (again after each further ``plateau_after`` steps without improvement), on top of
         ``schedule``. Unlike a schedule, it does not depend on the step budget, and it acts on the
         stalled fits only, leaving the others in a batch at full rate.
+    plateau_min: the floor of those cuts; a fit's multiplier is never cut below it (0: no floor),
+        so a fit that has stalled for good keeps moving at ``lr * plateau_min`` instead of freezing.
     """
 
     name: str = "paper"
@@ -59,6 +61,7 @@ class Recipe:
     focal_gamma: float = 0.0
     plateau_after: int | None = None
     plateau_factor: float = 0.5
+    plateau_min: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,6 +85,8 @@ class Recipe:
             raise PrototokensError(f"plateau_after must be >= 1, got {self.plateau_after}")
         if not 0 < self.plateau_factor <= 1:
             raise PrototokensError(f"plateau_factor must be in (0, 1], got {self.plateau_factor}")
+        if not 0 <= self.plateau_min <= 1:
+            raise PrototokensError(f"plateau_min must be in [0, 1], got {self.plateau_min}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimiser step `step` (0-based)."""
