@@ -56,6 +56,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the cuts stop at lr / 8 (0.0375): a fit stalled for good keeps moving instead of freezing
     "init x30, lr 0.3, focal 2, plateau 50, floor 1/8": (
         "e-m", {**RECOMMENDED, "plateau_after": 50, "plateau_min": 0.125}),
+    "init x30, lr 0.3, focal 2, plateau 50, floor 1/4": (
+        "e-m", {**RECOMMENDED, "plateau_after": 50, "plateau_min": 0.25}),
     "init x30, lr 0.1, focal 2": ("e-m", {"init_scale": 30.0, "lr": 0.1, "focal_gamma": 2.0}),
     "init x100, lr 1": ("e-m", {"init_scale": 100.0, "lr": 1.0}),
     "embedding-std x75": ("e-m", {"init": "embedding", "init_scale": 75.0, "lr": 0.1}),
