@@ -176,21 +176,24 @@ def test_a_converging_row_is_never_restarted(llama):
     assert r.status == "converged" and r.restarts == 0
 
 
+def stalled_row_moves(lm: pt.FrozenLM, monkeypatch, **plateau) -> list[float]:
+    """How far `e` moves at each step of a 30-step fit that stalls from step 0 (lr 1e-3), with
+    the rate cut 10x after every 5 steps without improvement, plus the `plateau` overrides."""
+    starts = record_first_inputs(lm, monkeypatch)
+    rec = TINY_RECIPE.replace(lr=1e-3, max_steps=30, plateau_after=5, plateau_factor=0.1, **plateau)
+    pt.fit(lm, ["A text that cannot be learnt at this rate"], recipe=rec, check_every=1)
+    return [float((b - a).norm()) for a, b in zip(starts, starts[1:], strict=False)]
+
+
 def test_plateau_decay_shrinks_a_stalled_rows_steps(llama, monkeypatch):
-    starts = record_first_inputs(llama, monkeypatch)
-    rec = TINY_RECIPE.replace(lr=1e-3, max_steps=30, plateau_after=5, plateau_factor=0.1)
-    pt.fit(llama, ["A text that cannot be learnt at this rate"], recipe=rec, check_every=1)
-    moves = [float((b - a).norm()) for a, b in zip(starts, starts[1:], strict=False)]
+    moves = stalled_row_moves(llama, monkeypatch)
     # accuracy never improves after step 0, so the rate falls 10x at steps 5, 10, 15, 20 and 25
     assert min(moves[:5]) > 0
     assert max(moves[-4:]) < 1e-3 * min(moves[:5])
 
 
 def test_plateau_min_is_the_floor_of_the_cuts(llama, monkeypatch):
-    starts = record_first_inputs(llama, monkeypatch)
-    rec = TINY_RECIPE.replace(lr=1e-3, max_steps=30, plateau_after=5, plateau_factor=0.1, plateau_min=0.1)
-    pt.fit(llama, ["A text that cannot be learnt at this rate"], recipe=rec, check_every=1)
-    moves = [float((b - a).norm()) for a, b in zip(starts, starts[1:], strict=False)]
+    moves = stalled_row_moves(llama, monkeypatch, plateau_min=0.1)
     # the same stall as above, but the rate stops at lr / 10 after the first cut instead of falling
     # 10x four more times: the last steps are about a tenth of the first, not a ten-thousandth
     assert 1e-2 * min(moves[:5]) < max(moves[-4:]) < 0.5 * min(moves[:5])
