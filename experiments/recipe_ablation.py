@@ -58,6 +58,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "e-m", {**RECOMMENDED, "plateau_after": 50, "plateau_min": 0.125}),
     "init x30, lr 0.3, focal 2, plateau 50, floor 1/4": (
         "e-m", {**RECOMMENDED, "plateau_after": 50, "plateau_min": 0.25}),
+    # a warm restart: after 5 (3) cuts, the next stall puts the rate back to 0.3, vectors kept
+    "init x30, lr 0.3, focal 2, plateau 50, cycle 5": (
+        "e-m", {**RECOMMENDED, "plateau_after": 50, "plateau_cycle": 5}),
+    "init x30, lr 0.3, focal 2, plateau 50, cycle 3": (
+        "e-m", {**RECOMMENDED, "plateau_after": 50, "plateau_cycle": 3}),
     "init x30, lr 0.1, focal 2": ("e-m", {"init_scale": 30.0, "lr": 0.1, "focal_gamma": 2.0}),
     "init x100, lr 1": ("e-m", {"init_scale": 100.0, "lr": 1.0}),
     "embedding-std x75": ("e-m", {"init": "embedding", "init_scale": 75.0, "lr": 0.1}),

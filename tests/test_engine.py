@@ -199,6 +199,16 @@ def test_plateau_min_is_the_floor_of_the_cuts(llama, monkeypatch):
     assert 1e-2 * min(moves[:5]) < max(moves[-4:]) < 0.5 * min(moves[:5])
 
 
+def test_plateau_cycle_restores_the_full_rate_after_its_cuts(llama, monkeypatch):
+    moves = stalled_row_moves(llama, monkeypatch, plateau_cycle=2)
+    # two 10x cuts (steps 5-15), then the third stall resets the rate: steps 16-20 move as far as
+    # the first five, and the cuts begin again, so the last steps are 100x shorter once more
+    first, reset, last = min(moves[:5]), moves[16:21], moves[-4:]
+    assert max(moves[11:16]) < 0.02 * first
+    assert all(0.5 * first < m < 2 * first for m in reset)
+    assert max(last) < 0.02 * first
+
+
 def test_plateau_factor_one_changes_nothing(llama):
     texts = ["Hello there", "Yo"]
     plain = pt.fit(llama, texts, recipe=TINY_RECIPE.replace(max_steps=40))
@@ -289,10 +299,11 @@ def test_bf16_model_with_fp32_prototokens():
 
 def test_recipe_dict_leaves_out_later_fields_at_their_defaults():
     # sweep units and cached fits are keyed by this dict: adding plateau_* must not change old keys
-    assert not {"plateau_after", "plateau_factor", "plateau_min"} & pt.Recipe().to_dict().keys()
-    r = pt.Recipe(plateau_after=50, plateau_factor=0.25, plateau_min=0.125)
+    assert not {"plateau_after", "plateau_factor", "plateau_min", "plateau_cycle"} & pt.Recipe().to_dict().keys()
+    r = pt.Recipe(plateau_after=50, plateau_factor=0.25, plateau_min=0.125, plateau_cycle=4)
     d = r.to_dict()
     assert d["plateau_after"] == 50 and d["plateau_factor"] == 0.25 and d["plateau_min"] == 0.125
+    assert d["plateau_cycle"] == 4
     assert pt.Recipe.from_dict(d) == r and pt.Recipe.from_dict(pt.Recipe().to_dict()) == pt.Recipe()
 
 
@@ -316,7 +327,8 @@ def test_lr_schedules():
 @pytest.mark.parametrize("bad", [dict(init="zeros"), dict(schedule="step"), dict(max_steps=-1), dict(lr=0),
                                  dict(restarts=2), dict(restarts=-1), dict(restarts=1, restart_after=0),
                                  dict(focal_gamma=-1.0), dict(plateau_after=0), dict(plateau_factor=0.0),
-                                 dict(plateau_factor=1.5), dict(plateau_min=-0.1), dict(plateau_min=2.0)])
+                                 dict(plateau_factor=1.5), dict(plateau_min=-0.1), dict(plateau_min=2.0),
+                                 dict(plateau_cycle=0, plateau_after=5), dict(plateau_cycle=3)])
 def test_bad_recipe_values(bad):
     with pytest.raises(pt.PrototokensError):
         pt.get_recipe("paper", **bad)

@@ -43,7 +43,7 @@ def _recipe(pt, args: argparse.Namespace):
                          init_scale=args.init_scale, schedule=args.schedule, patience=args.patience,
                          restarts=args.restarts, restart_after=args.restart_after, focal_gamma=args.focal_gamma,
                          plateau_after=args.plateau_after, plateau_factor=args.plateau_factor,
-                         plateau_min=args.plateau_min)
+                         plateau_min=args.plateau_min, plateau_cycle=args.plateau_cycle)
 
 
 def _share(value: str) -> int:
@@ -351,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plateau-factor", type=float, help="learning-rate factor of --plateau-after (recipe default: 0.5)")
     p.add_argument("--plateau-min", type=float,
                    help="never cut a fit's learning rate below this fraction of --lr (recipe default: 0, no floor)")
+    p.add_argument("--plateau-cycle", type=_positive,
+                   help="after this many cuts, the next stall resets a fit's rate to --lr (a warm restart)")
     p.add_argument("--seeds", type=_positive, default=1, help="independent fits (seeds 0..K-1), all saved")
     p.add_argument("--share-m", type=_share, default=1, metavar="K|all",
                    help="seeds per group sharing one m (default 1: each its own)")

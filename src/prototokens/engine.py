@@ -228,6 +228,7 @@ class _Run:
         # per-unit learning-rate multiplier of recipe.plateau_after, and the step of its last decay
         self.lr_mult = torch.ones(n_units, device=dev)
         self.decay_step = torch.zeros(n_units, dtype=torch.long, device=dev)
+        self.n_cuts = torch.zeros(n_units, dtype=torch.long, device=dev)  # since the last full rate
         self.active = torch.arange(len(rows), device=dev)
         self.e_ids = torch.unique(self.row_e)  # global ids of the active e / m vectors
         self.m_ids = torch.unique(self.row_m)
@@ -301,11 +302,13 @@ class _Run:
 
     def decay_stalled(self, step: int) -> None:
         """Multiply the learning rate of units whose accuracy has stalled by recipe.plateau_factor,
-        down to recipe.plateau_min."""
+        down to recipe.plateau_min; after recipe.plateau_cycle cuts, reset it to the full rate."""
         r = self.recipe
         stall = self._stalled(step - torch.maximum(self.try_step, self.decay_step), r.plateau_after)
+        reset = stall & (self.n_cuts >= r.plateau_cycle) if r.plateau_cycle else torch.zeros_like(stall)
         cut = (self.lr_mult * r.plateau_factor).clamp(min=r.plateau_min)
-        self.lr_mult = torch.where(stall, cut, self.lr_mult)
+        self.lr_mult = torch.where(reset, torch.ones_like(cut), torch.where(stall, cut, self.lr_mult))
+        self.n_cuts = torch.where(reset, torch.zeros_like(self.n_cuts), self.n_cuts + stall.long())
         self.decay_step = torch.where(stall, torch.full_like(self.decay_step, step), self.decay_step)
 
     def _stalled(self, since: torch.Tensor, after: int) -> torch.Tensor:
@@ -330,7 +333,7 @@ class _Run:
         for u in todo:
             self.restarts[u] += 1
             self.try_acc[u], self.try_step[u] = -1.0, step
-            self.lr_mult[u], self.decay_step[u] = 1.0, step
+            self.lr_mult[u], self.decay_step[u], self.n_cuts[u] = 1.0, step, 0
             for param, ids, row_of, unit_of, tag in ((self.E, self.e_ids, self.row_e, self.e_unit, "e"),
                                                       (self.M, self.m_ids, self.row_m, self.m_unit, "m")):
                 loc = torch.nonzero(unit_of[ids] == u).flatten()

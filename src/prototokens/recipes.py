@@ -17,7 +17,7 @@ from .errors import PrototokensError
 INITS = ("normal", "embedding", "tokens")
 SCHEDULES = ("constant", "cosine", "linear")
 # fields added after stored results existed, with their defaults (see Recipe.to_dict)
-_LATER_FIELDS = {"plateau_after": None, "plateau_factor": 0.5, "plateau_min": 0.0}
+_LATER_FIELDS = {"plateau_after": None, "plateau_factor": 0.5, "plateau_min": 0.0, "plateau_cycle": None}
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class Recipe:
         stalled fits only, leaving the others in a batch at full rate.
     plateau_min: the floor of those cuts; a fit's multiplier is never cut below it (0: no floor),
         so a fit that has stalled for good keeps moving at ``lr * plateau_min`` instead of freezing.
+    plateau_cycle: a warm restart of the rate; once a fit's rate has been cut this many times, its
+        next stall resets it to the full rate (keeping the vectors and Adam's moments) and the cuts
+        begin again (None: never).
     """
 
     name: str = "paper"
@@ -62,6 +65,7 @@ class Recipe:
     plateau_after: int | None = None
     plateau_factor: float = 0.5
     plateau_min: float = 0.0
+    plateau_cycle: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,6 +91,10 @@ class Recipe:
             raise PrototokensError(f"plateau_factor must be in (0, 1], got {self.plateau_factor}")
         if not 0 <= self.plateau_min <= 1:
             raise PrototokensError(f"plateau_min must be in [0, 1], got {self.plateau_min}")
+        if self.plateau_cycle is not None and self.plateau_cycle < 1:
+            raise PrototokensError(f"plateau_cycle must be >= 1, got {self.plateau_cycle}")
+        if self.plateau_cycle is not None and self.plateau_after is None:
+            raise PrototokensError("plateau_cycle needs plateau_after (the stall that cuts the rate)")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimiser step `step` (0-based)."""
