@@ -173,3 +173,15 @@ def test_geometry_commands_and_report(capsys, tmp_path):
     assert code == 2 and "no solution with accuracy >= 1.5" in err and err.strip().count("\n") == 0
     code, out, _ = run(capsys, "report", str(tmp_path))
     assert code == 0 and "## Section 4: geometry" in (tmp_path / "report.md").read_text()
+
+
+def test_models_install_bad_input_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROTOTOKENS_CACHE", str(tmp_path))
+    bogus = tmp_path / "x.gguf"
+    bogus.write_bytes(b"not the model")
+    for argv, message in ((["gpt-17", str(bogus)], "unknown built-in model 'gpt-17'"),
+                          (["smollm2-135m", str(tmp_path / "none.gguf")], "GGUF file not found"),
+                          (["smollm2-135m", str(bogus)], "is not smollm2-135m's GGUF file")):
+        code, _, err = run(capsys, "models", "--install", *argv)
+        assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "models").exists()  # nothing half-written

