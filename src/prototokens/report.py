@@ -136,6 +136,7 @@ def _capacity_boxplot(data: list[list[int]], labels: list[str], title: str, path
     ax.boxplot(data)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
     ax.set_yscale("symlog", base=2, linthresh=1)  # capacities span 0 to the grid's top
+    ax.set_ylim(bottom=0)  # a capacity is never negative: no mirrored half of the symlog axis
     ax.set_ylabel("capacity (max N with accuracy >= 0.99)")
     ax.set_title(title)
     fig.tight_layout()
