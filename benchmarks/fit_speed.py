@@ -77,20 +77,25 @@ def matmul_peak(lm: pt.FrozenLM) -> float:
 def loop_fit(lm: pt.FrozenLM, ids: list[int], recipe: pt.Recipe, max_steps: int, seed: int = 0,
              stop: bool = True) -> tuple[bool, int]:
     """The paper's procedure for one text, written plainly: returns (reached 100%, steps)."""
-    if recipe.init != "normal" or recipe.schedule != "constant" or recipe.warmup_steps or recipe.restarts:
-        raise SystemExit(f"the loop implements N(0, s) init, a constant lr and focal loss only; not {recipe.name}")
+    if (recipe.init != "normal" or recipe.schedule != "constant" or recipe.warmup_steps or recipe.restarts
+            or recipe.plateau_cycle):
+        raise SystemExit(f"the loop implements N(0, s) init, a constant lr with plateau cuts and focal loss "
+                         f"only; not {recipe.name}")
     d, n = lm.hidden_size, len(ids)
     g = torch.Generator().manual_seed(seed)
     e = (torch.randn(d, generator=g) * recipe.init_scale).to(lm.device).requires_grad_()
     m = (torch.randn(d, generator=g) * recipe.init_scale).to(lm.device).requires_grad_()
     opt = torch.optim.AdamW([e, m], lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
     target = torch.tensor(ids, device=lm.device)
+    best, best_step, cut_step, mult = -1.0, 0, 0, 1.0
     for step in range(max_steps + 1):
         x = torch.cat([e[None], m[None].expand(n - 1, d)])[None].to(lm.dtype)
         logits = lm.model(inputs_embeds=x).logits[0].float()
         acc = (logits.argmax(-1) == target).float().mean().item()  # the per-step host read
         if stop and acc == 1.0:
             return True, step
+        if acc > best:
+            best, best_step = acc, step
         if step == max_steps:
             break
         ce = F.cross_entropy(logits, target, reduction="none")
@@ -98,6 +103,9 @@ def loop_fit(lm: pt.FrozenLM, ids: list[int], recipe: pt.Recipe, max_steps: int,
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if recipe.plateau_after and step - max(best_step, cut_step) >= recipe.plateau_after:
+            mult, cut_step = max(mult * recipe.plateau_factor, recipe.plateau_min), step  # as the engine
+            opt.param_groups[0]["lr"] = recipe.lr * mult
     return False, max_steps
 
 
