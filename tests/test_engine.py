@@ -307,12 +307,17 @@ def test_recipe_dict_leaves_out_later_fields_at_their_defaults():
     assert pt.Recipe.from_dict(d) == r and pt.Recipe.from_dict(pt.Recipe().to_dict()) == pt.Recipe()
 
 
-def test_plateau_candidate_is_recommended_plus_the_step_cut_only():
-    # docs/recipe.md compares the two as "recommended + plateau_after 50"; any other difference would
-    # make that comparison (and the GPU capacity runs that decide between them) confounded
-    rec, cand = pt.get_recipe("recommended").to_dict(), pt.get_recipe("recommended-plateau").to_dict()
-    diff = {k for k in rec.keys() | cand.keys() if rec.get(k) != cand.get(k)}
-    assert diff == {"name", "plateau_after"} and cand["plateau_after"] == 50
+def test_recommended_is_the_constant_rate_recipe_plus_the_step_cut_only():
+    # docs/recipe.md compares them as "recommended-constant + plateau_after 50"; any other difference
+    # would make that comparison (and the GPU capacity runs that check it) confounded
+    const = pt.get_recipe("recommended-constant").to_dict()
+    for name in ("recommended", "recommended-plateau"):
+        rec = pt.get_recipe(name).to_dict()
+        diff = {k for k in rec.keys() | const.keys() if rec.get(k) != const.get(k)}
+        assert diff == {"name", "plateau_after"} and rec["plateau_after"] == 50
+    assert pt.get_recipe().name == "recommended"
+    assert pt.recipes.same_recipe_as({**const, "name": "recommended"}) == "recommended-constant"
+    assert pt.recipes.same_recipe_as({**const, "lr": 0.2}) is None
 
 
 def test_lr_schedules():

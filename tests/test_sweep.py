@@ -1,5 +1,6 @@
 """Sweeps: expansion, SQLite store, resume (also after kill -9), capacity search, ranks, report."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -27,6 +28,13 @@ def tiny_config(**changes) -> SweepConfig:
     return SweepConfig.from_dict(base)
 
 
+def forget_setting(run, key: str) -> None:
+    """Make a run dir's config.json look as if written before the setting `key` existed."""
+    saved = json.loads((run / "config.json").read_text())
+    del saved[key]
+    (run / "config.json").write_text(json.dumps(saved))
+
+
 def test_sweep_runs_every_row_once_and_resumes(tmp_path):
     cfg = tiny_config()
     first = Sweep(cfg, tmp_path).run(progress=False)
@@ -46,6 +54,36 @@ def test_a_run_dir_refuses_another_config(tmp_path):
     Sweep(tiny_config(lengths=[4], arrangements=["e-m"]), tmp_path).run(progress=False)
     with pytest.raises(PrototokensError, match="different sweep config"):
         Sweep(tiny_config(lengths=[5], arrangements=["e-m"]), tmp_path)
+
+
+def test_a_run_dir_refuses_a_recipe_redefined_since(tmp_path):
+    cfg = tiny_config(lengths=[4], arrangements=["e-m"])
+    Sweep(cfg, tmp_path).run(progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["recipe_fields"] == cfg.recipe_obj().to_dict() and saved["recipe_fields"]["lr"] == 0.1
+    Sweep(cfg, tmp_path)  # unchanged: accepted
+    saved["recipe_fields"]["focal_gamma"] = 2.0  # as if `paper` had meant this when the run began
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(PrototokensError, match="'paper' as it was defined then"):
+        Sweep(cfg, tmp_path)
+    assert ResultStore(tmp_path).count() == 3
+
+
+def test_runs_from_before_recipe_fields_were_recorded(tmp_path):
+    from prototokens.report import _runs
+
+    paper = tiny_config(lengths=[4], arrangements=["e-m"])
+    Sweep(paper, tmp_path / "p"), forget_setting(tmp_path / "p", "recipe_fields")
+    Sweep(paper, tmp_path / "p")  # `paper` has not changed: accepted
+    # `recommended` then meant what `recommended-constant` means now: refused, and reported under that name
+    rec = tiny_config(lengths=[4], arrangements=["e-m"], recipe="recommended", overrides={"max_steps": 2})
+    Sweep(rec, tmp_path / "r").run(progress=False)
+    assert {r["recipe"] for r in _runs(tmp_path / "r")["t"]} == {"recommended"}
+    forget_setting(tmp_path / "r", "recipe_fields")
+    with pytest.raises(PrototokensError, match="now named 'recommended-constant'"):
+        Sweep(rec, tmp_path / "r")
+    assert {r["recipe"] for r in _runs(tmp_path / "r")["t"]} == {"recommended-constant"}
+    assert ResultStore(tmp_path / "r").count() == 3
 
 
 def test_capacity_search_stops_each_text_at_its_first_failure(tmp_path):
@@ -237,20 +275,13 @@ def test_memory_baseline_sweep_and_figures_3_and_4(tmp_path):
 
 
 def test_run_dirs_written_before_mem_bos_existed(tmp_path):
-    import json
-
-    def strip_mem_bos(run):
-        saved = json.loads((run / "config.json").read_text())
-        del saved["mem_bos"]
-        (run / "config.json").write_text(json.dumps(saved))
-
     one_step = tiny_config(lengths=[4], arrangements=["e-m"])
     assert one_step.mem_bos is None
-    Sweep(one_step, tmp_path / "one"), strip_mem_bos(tmp_path / "one")
+    Sweep(one_step, tmp_path / "one"), forget_setting(tmp_path / "one", "mem_bos")
     Sweep(one_step, tmp_path / "one")  # nothing changed for one-step runs: accepted
     memory = tiny_config(name="m", method="memory", lengths=[4], arrangements=["e-m"])
     assert memory.mem_bos is True
-    Sweep(memory, tmp_path / "mem"), strip_mem_bos(tmp_path / "mem")
+    Sweep(memory, tmp_path / "mem"), forget_setting(tmp_path / "mem", "mem_bos")
     with pytest.raises(PrototokensError, match="different sweep config"):  # an old run had no BOS
         Sweep(memory, tmp_path / "mem")
     Sweep(tiny_config(name="m", method="memory", lengths=[4], arrangements=["e-m"], mem_bos=False), tmp_path / "mem")

@@ -19,9 +19,9 @@ mkdir -p "$PROTOTOKENS_CACHE/data"
 [ -e "$PROTOTOKENS_CACHE/models/smollm2-135m/READY" ] ||
   pt models --install smollm2-135m /tmp/SmolLM2-135M-Instruct.Q4_1.gguf || exit 1
 
-# the recipe choice of issue #6: the full-scale capacity experiment (24 Gutenberg texts, 5000 steps,
+# the recipe check of issue #6: the full-scale capacity experiment (24 Gutenberg texts, 5000 steps,
 # own m and shared m), SmolLM2 only, once per recipe
-for recipe in ${RECIPES:-recommended recommended-plateau}; do
+for recipe in ${RECIPES:-recommended recommended-constant}; do
   [ "$(left)" -gt 30 ] || break
   timeout "$(left)" python3 -m prototokens.cli experiment capacity --models smollm2-135m --recipe "$recipe" \
     --run "runs/gpu/capacity/$recipe" --quiet

@@ -21,7 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .arrangements import get_arrangement  # noqa: E402
 from .errors import PrototokensError  # noqa: E402
+from .recipes import RECIPES, get_recipe, same_recipe_as  # noqa: E402
 from .store import ResultStore  # noqa: E402
+from .sweep import run_recipe_fields  # noqa: E402
 
 PAPER_SOURCE = {"random": "random", "gutenberg": "pg19", "unseen": "fanfics", "generated": "pg19_gen"}
 
@@ -36,13 +38,28 @@ def _runs(root: Path) -> dict[str, list[dict]]:
         raise PrototokensError(f"no results.sqlite (or geometry.json) in {root} or its subdirectories")
     out: dict[str, list[dict]] = defaultdict(list)
     for d in dirs:
-        store = ResultStore(d, create=False)
+        store, label = ResultStore(d, create=False), _recipe_label(d)
         for r in store.rows():
+            if label:
+                r = {**r, "recipe": label}
             if r["method"].startswith("memory") and not r["extra"].get("bos"):
                 r = {**r, "method": r["method"] + "-nobos"}  # t_1 predicted at the last [mem] (before mem_bos)
             out[r["experiment"].removesuffix("-cpu")].append({**r, "cpu_scale": r["experiment"].endswith("-cpu")})
         store.close()
     return out
+
+
+def _recipe_label(run_dir: Path) -> str | None:
+    """For a run whose recipe has been redefined since it ran: the recipe's name now (or its old name,
+    marked as such), so that its rows are not reported under the new meaning of their name."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    fields, name, overrides = run_recipe_fields(saved), saved.get("recipe"), saved.get("overrides", {})
+    if fields is None or (name in RECIPES and get_recipe(name, **overrides).to_dict() == fields):
+        return None
+    return same_recipe_as(fields, overrides) or f"{name} (former)"
 
 
 def _ms(values: list[float]) -> str:

@@ -188,14 +188,27 @@ class Sweep:
             self._check_config(Path(run_dir) / "config.json")
 
     def _check_config(self, path: Path) -> None:
-        mine = json.dumps(self.cfg.to_dict(), sort_keys=True, indent=1)
+        # config.json also records the recipe's fields, so that a named recipe redefined later
+        # cannot silently add fits of another recipe to a run started under the old definition
+        mine = json.loads(json.dumps(self.cfg.to_dict()))
+        fields = self.cfg.recipe_obj().to_dict()
         if path.exists():
             saved = json.loads(path.read_text())
-            if {**_legacy_settings(saved), **saved} != json.loads(mine):
+            saved_fields = run_recipe_fields(saved)
+            saved.pop("recipe_fields", None)
+            if {**_legacy_settings(saved), **saved} != mine:
                 raise PrototokensError(f"{path.parent} holds results of a different sweep config; use another run dir")
+            if saved_fields is not None and saved_fields != fields:
+                from .recipes import same_recipe_as
+
+                now = same_recipe_as(saved_fields, self.cfg.overrides)
+                raise PrototokensError(
+                    f"{path.parent} was run with recipe {self.cfg.recipe!r} as it was defined then"
+                    + (f" (now named {now!r})" if now else "") + ", which has changed since; use another run dir "
+                    "(its results stay readable by `prototokens report`)")
         elif _dist()[0] == 0:
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(mine)
+            tmp.write_text(json.dumps({**mine, "recipe_fields": fields}, sort_keys=True, indent=1))
             tmp.replace(path)
 
     def run(self, progress: bool = True) -> dict:
@@ -324,6 +337,21 @@ class Sweep:
             ))
         self.store.add(records)
         return len(records)
+
+
+def run_recipe_fields(saved: dict) -> dict | None:
+    """The fields of the recipe that a run ran under, from its config.json. Runs written before the
+    fields were recorded (2026-11-24) are known by name; `recommended` then meant what
+    `recommended-constant` means now. None where unknown (a recipe name no longer defined)."""
+    if "recipe_fields" in saved:
+        return saved["recipe_fields"]
+    from .recipes import RECIPES, get_recipe
+
+    name = saved.get("recipe", DEFAULT_RECIPE)
+    then = "recommended-constant" if name == "recommended" else name
+    if then not in RECIPES:
+        return None
+    return get_recipe(then, **saved.get("overrides", {})).replace(name=name).to_dict()
 
 
 def _legacy_settings(saved: dict) -> dict:
