@@ -320,6 +320,16 @@ def test_recommended_is_the_constant_rate_recipe_plus_the_step_cut_only():
     assert pt.recipes.same_recipe_as({**const, "lr": 0.2}) is None
 
 
+def test_recommended_cosine_is_the_constant_rate_recipe_decayed_over_its_budget():
+    # the N = 128 comparison of docs/recipe.md: the same recipe, cosine over max_steps after 10 warm-up steps
+    const, cos = pt.get_recipe("recommended-constant"), pt.get_recipe("recommended-cosine")
+    assert cos == const.replace(name="recommended-cosine", schedule="cosine", warmup_steps=10)
+    assert cos.max_steps == 5000 and cos.lr_at(9) == pytest.approx(0.3)
+    assert cos.lr_at(300) > 0.99 * 0.3  # short fits see an almost constant rate
+    assert cos.lr_at(2505) == pytest.approx(0.15) and cos.lr_at(4999) < 1e-6
+    assert pt.recipes.same_recipe_as(cos.to_dict()) == "recommended-cosine"
+
+
 def test_lr_schedules():
     r = pt.Recipe(lr=1.0, max_steps=100, schedule="cosine", warmup_steps=10)
     assert r.lr_at(0) == pytest.approx(0.1)

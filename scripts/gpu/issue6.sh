@@ -21,7 +21,7 @@ mkdir -p "$PROTOTOKENS_CACHE/data"
 
 # the recipe check of issue #6: the full-scale capacity experiment (24 Gutenberg texts, 5000 steps,
 # own m and shared m), SmolLM2 only, once per recipe
-for recipe in ${RECIPES:-recommended recommended-constant}; do
+for recipe in ${RECIPES:-recommended recommended-cosine recommended-constant}; do
   [ "$(left)" -gt 30 ] || break
   timeout "$(left)" python3 -m prototokens.cli experiment capacity --models smollm2-135m --recipe "$recipe" \
     --run "runs/gpu/capacity/$recipe" --quiet
