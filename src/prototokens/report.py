@@ -21,9 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .arrangements import get_arrangement  # noqa: E402
 from .errors import PrototokensError  # noqa: E402
-from .recipes import RECIPES, get_recipe, same_recipe_as  # noqa: E402
 from .store import ResultStore  # noqa: E402
-from .sweep import run_recipe_fields  # noqa: E402
+from .sweep import recipe_redefined  # noqa: E402
 
 PAPER_SOURCE = {"random": "random", "gutenberg": "pg19", "unseen": "fanfics", "generated": "pg19_gen"}
 
@@ -56,10 +55,10 @@ def _recipe_label(run_dir: Path) -> str | None:
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    fields, name, overrides = run_recipe_fields(saved), saved.get("recipe"), saved.get("overrides", {})
-    if fields is None or (name in RECIPES and get_recipe(name, **overrides).to_dict() == fields):
+    redefined, now = recipe_redefined(saved)
+    if not redefined:
         return None
-    return same_recipe_as(fields, overrides) or f"{name} (former)"
+    return now or f"{saved.get('recipe')} (former)"
 
 
 def _ms(values: list[float]) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import PrototokensError
-from .recipes import DEFAULT_RECIPE
+from .recipes import DEFAULT_RECIPE, RECIPES, get_recipe, same_recipe_as
 from .store import Record, ResultStore
 
 METHODS = ("one-step", "memory")
@@ -105,8 +105,6 @@ class SweepConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def recipe_obj(self):
-        from .recipes import get_recipe
-
         return get_recipe(self.recipe, **self.overrides)
 
 
@@ -191,23 +189,20 @@ class Sweep:
         # config.json also records the recipe's fields, so that a named recipe redefined later
         # cannot silently add fits of another recipe to a run started under the old definition
         mine = json.loads(json.dumps(self.cfg.to_dict()))
-        fields = self.cfg.recipe_obj().to_dict()
         if path.exists():
             saved = json.loads(path.read_text())
-            saved_fields = run_recipe_fields(saved)
-            saved.pop("recipe_fields", None)
-            if {**_legacy_settings(saved), **saved} != mine:
+            settings = {k: v for k, v in saved.items() if k != "recipe_fields"}
+            if {**_legacy_settings(saved), **settings} != mine:
                 raise PrototokensError(f"{path.parent} holds results of a different sweep config; use another run dir")
-            if saved_fields is not None and saved_fields != fields:
-                from .recipes import same_recipe_as
-
-                now = same_recipe_as(saved_fields, self.cfg.overrides)
+            redefined, now = recipe_redefined(saved)
+            if redefined:
                 raise PrototokensError(
                     f"{path.parent} was run with recipe {self.cfg.recipe!r} as it was defined then"
                     + (f" (now named {now!r})" if now else "") + ", which has changed since; use another run dir "
                     "(its results stay readable by `prototokens report`)")
         elif _dist()[0] == 0:
             tmp = path.with_suffix(".tmp")
+            fields = self.cfg.recipe_obj().to_dict()
             tmp.write_text(json.dumps({**mine, "recipe_fields": fields}, sort_keys=True, indent=1))
             tmp.replace(path)
 
@@ -345,13 +340,21 @@ def run_recipe_fields(saved: dict) -> dict | None:
     `recommended-constant` means now. None where unknown (a recipe name no longer defined)."""
     if "recipe_fields" in saved:
         return saved["recipe_fields"]
-    from .recipes import RECIPES, get_recipe
-
     name = saved.get("recipe", DEFAULT_RECIPE)
     then = "recommended-constant" if name == "recommended" else name
     if then not in RECIPES:
         return None
     return get_recipe(then, **saved.get("overrides", {})).replace(name=name).to_dict()
+
+
+def recipe_redefined(saved: dict) -> tuple[bool, str | None]:
+    """Whether the recipe named in a run's config.json has been redefined since the run began, and
+    if so the name, if any, under which its recipe is defined now."""
+    fields = run_recipe_fields(saved)
+    name, overrides = saved.get("recipe", DEFAULT_RECIPE), saved.get("overrides", {})
+    if fields is None or (name in RECIPES and get_recipe(name, **overrides).to_dict() == fields):
+        return False, None
+    return True, same_recipe_as(fields, overrides)
 
 
 def _legacy_settings(saved: dict) -> dict:
