@@ -42,7 +42,8 @@ def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
     out_file = tmp_path / "f.safetensors"
     code, _, _ = run(capsys, "fit", "--text", "Hello!", *TINY, "--recipe", recipe, "--focal-gamma", "1",
                      "--restarts", "1", "--restart-after", "50", "--plateau-after", "40", "--plateau-factor", "0.3",
-                     "--plateau-min", "0.05", "--plateau-cycle", "3", "--out", str(out_file))
+                     "--plateau-min", "0.05", "--plateau-cycle", "3", "--schedule", "cosine", "--warmup-steps", "2",
+                     "--decay-steps", "3000", "--out", str(out_file))
     assert code == 0
     saved = pt.ProtoTokens.load(out_file).recipe
     base = pt.get_recipe(recipe)
@@ -50,6 +51,7 @@ def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
     assert saved["focal_gamma"] == 1.0 and saved["restarts"] == 1 and saved["restart_after"] == 50
     assert saved["plateau_after"] == 40 and saved["plateau_factor"] == 0.3 and saved["plateau_min"] == 0.05
     assert saved["plateau_cycle"] == 3
+    assert saved["schedule"] == "cosine" and saved["warmup_steps"] == 2 and saved["decay_steps"] == 3000
 
 
 def test_fit_from_file(capsys, tmp_path):
@@ -98,6 +100,8 @@ def test_demo_on_a_tiny_model(capsys, tmp_path):
     (["fit", "--file", "/no/such/file.txt", "--out", "x.safetensors"], "no such file"),
     (["fit", "--text", "hi", "--out", "/no/such/dir/x.safetensors"], "output directory does not exist"),
     (["fit", "--text", "hi", "--plateau-cycle", "3", "--out", "x.safetensors"], "plateau_cycle needs plateau_after"),
+    (["fit", "--text", "hi", "--warmup-steps", "10", "--decay-steps", "5", "--out", "x.safetensors"],
+     "decay_steps must be > warmup_steps"),
 ])
 def test_fit_bad_input(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -299,7 +299,8 @@ def test_bf16_model_with_fp32_prototokens():
 
 def test_recipe_dict_leaves_out_later_fields_at_their_defaults():
     # sweep units and cached fits are keyed by this dict: adding plateau_* must not change old keys
-    assert not {"plateau_after", "plateau_factor", "plateau_min", "plateau_cycle"} & pt.Recipe().to_dict().keys()
+    later = {"plateau_after", "plateau_factor", "plateau_min", "plateau_cycle", "decay_steps"}
+    assert not later & pt.Recipe().to_dict().keys()
     r = pt.Recipe(plateau_after=50, plateau_factor=0.25, plateau_min=0.125, plateau_cycle=4)
     d = r.to_dict()
     assert d["plateau_after"] == 50 and d["plateau_factor"] == 0.25 and d["plateau_min"] == 0.125
@@ -320,14 +321,27 @@ def test_recommended_is_the_constant_rate_recipe_plus_the_step_cut_only():
     assert pt.recipes.same_recipe_as({**const, "lr": 0.2}) is None
 
 
-def test_recommended_cosine_is_the_constant_rate_recipe_decayed_over_its_budget():
-    # the N = 128 comparison of docs/recipe.md: the same recipe, cosine over max_steps after 10 warm-up steps
+def test_recommended_cosine_is_the_constant_rate_recipe_decayed_over_5000_steps():
+    # the N = 128 comparison of docs/recipe.md: the same recipe, cosine over the 5000-step budget
+    # after 10 warm-up steps
     const, cos = pt.get_recipe("recommended-constant"), pt.get_recipe("recommended-cosine")
-    assert cos == const.replace(name="recommended-cosine", schedule="cosine", warmup_steps=10)
+    assert cos == const.replace(name="recommended-cosine", schedule="cosine", warmup_steps=10, decay_steps=5000)
     assert cos.max_steps == 5000 and cos.lr_at(9) == pytest.approx(0.3)
     assert cos.lr_at(300) > 0.99 * 0.3  # short fits see an almost constant rate
     assert cos.lr_at(2505) == pytest.approx(0.15) and cos.lr_at(4999) < 1e-6
     assert pt.recipes.same_recipe_as(cos.to_dict()) == "recommended-cosine"
+    # the decay does not follow the budget, so a shorter budget cuts the same fit short
+    short = pt.get_recipe("recommended-cosine", max_steps=300)
+    assert [short.lr_at(s) for s in range(300)] == [cos.lr_at(s) for s in range(300)]
+
+
+def test_decay_steps_fixes_the_schedule_whatever_the_budget():
+    r = pt.Recipe(lr=1.0, max_steps=1000, schedule="linear", decay_steps=100)
+    assert r.lr_at(50) == pytest.approx(0.5) and r.lr_at(100) == 0.0 and r.lr_at(999) == 0.0
+    assert r.replace(max_steps=40).lr_at(39) == r.lr_at(39)
+    assert pt.Recipe(lr=1.0, max_steps=100, schedule="linear").lr_at(50) == pytest.approx(0.5)  # default: the budget
+    assert pt.Recipe(lr=1.0, schedule="cosine", decay_steps=100, min_lr_ratio=0.1).lr_at(500) == pytest.approx(0.1)
+    assert pt.Recipe.from_dict(r.to_dict()) == r and r.to_dict()["decay_steps"] == 100
 
 
 def test_lr_schedules():
@@ -343,7 +357,8 @@ def test_lr_schedules():
                                  dict(restarts=2), dict(restarts=-1), dict(restarts=1, restart_after=0),
                                  dict(focal_gamma=-1.0), dict(plateau_after=0), dict(plateau_factor=0.0),
                                  dict(plateau_factor=1.5), dict(plateau_min=-0.1), dict(plateau_min=2.0),
-                                 dict(plateau_cycle=0, plateau_after=5), dict(plateau_cycle=3)])
+                                 dict(plateau_cycle=0, plateau_after=5), dict(plateau_cycle=3),
+                                 dict(warmup_steps=-1), dict(decay_steps=0), dict(warmup_steps=10, decay_steps=10)])
 def test_bad_recipe_values(bad):
     with pytest.raises(pt.PrototokensError):
         pt.get_recipe("paper", **bad)

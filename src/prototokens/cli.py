@@ -40,7 +40,8 @@ def _read_text(args: argparse.Namespace) -> str:
 
 def _recipe(pt, args: argparse.Namespace):
     return pt.get_recipe(args.recipe, max_steps=args.steps, lr=args.lr, init=args.init,
-                         init_scale=args.init_scale, schedule=args.schedule, patience=args.patience,
+                         init_scale=args.init_scale, schedule=args.schedule, warmup_steps=args.warmup_steps,
+                         decay_steps=args.decay_steps, patience=args.patience,
                          restarts=args.restarts, restart_after=args.restart_after, focal_gamma=args.focal_gamma,
                          plateau_after=args.plateau_after, plateau_factor=args.plateau_factor,
                          plateau_min=args.plateau_min, plateau_cycle=args.plateau_cycle)
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=INITS, help="initialisation (recipe default)")
     p.add_argument("--init-scale", type=float, help="initialisation scale (recipe default)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (recipe default)")
+    p.add_argument("--warmup-steps", type=int, help="steps of linear warm-up before the schedule (recipe default)")
+    p.add_argument("--decay-steps", type=_positive,
+                   help="the step at which the schedule's decay ends (recipe default: the --steps budget)")
     p.add_argument("--patience", type=_positive, help="stop after this many steps without improvement")
     p.add_argument("--restarts", type=int, help="re-initialise a stalled fit at most this many times (recipe default)")
     p.add_argument("--restart-after", type=_positive, help="steps without improvement before a restart")

@@ -18,7 +18,8 @@ from .errors import PrototokensError
 INITS = ("normal", "embedding", "tokens")
 SCHEDULES = ("constant", "cosine", "linear")
 # fields added after stored results existed, with their defaults (see Recipe.to_dict)
-_LATER_FIELDS = {"plateau_after": None, "plateau_factor": 0.5, "plateau_min": 0.0, "plateau_cycle": None}
+_LATER_FIELDS = {"plateau_after": None, "plateau_factor": 0.5, "plateau_min": 0.0, "plateau_cycle": None,
+                 "decay_steps": None}
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Recipe:
         ``embedding``: N(0, (init_scale * s)^2) with s the std of the model's input embeddings;
         ``tokens``: the input embedding of a random vocabulary token, times init_scale.
     schedule: learning-rate schedule after ``warmup_steps`` of linear warm-up.
+    decay_steps: the step at which ``schedule``'s decay ends (None: ``max_steps``, the budget). A fixed
+        value makes the rate at each step, hence every fit, independent of the step budget; past it
+        the rate stays at ``lr * min_lr_ratio``.
     patience: stop a fit when its best accuracy has not improved for this many steps.
     restarts / restart_after: re-initialise a fit (fresh vectors from a new seed, fresh Adam state)
         when its current attempt has not improved for ``restart_after`` steps, at most ``restarts``
@@ -67,6 +71,7 @@ class Recipe:
     plateau_factor: float = 0.5
     plateau_min: float = 0.0
     plateau_cycle: int | None = None
+    decay_steps: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +101,10 @@ class Recipe:
             raise PrototokensError(f"plateau_cycle must be >= 1, got {self.plateau_cycle}")
         if self.plateau_cycle is not None and self.plateau_after is None:
             raise PrototokensError("plateau_cycle needs plateau_after (the stall that cuts the rate)")
+        if self.warmup_steps < 0:
+            raise PrototokensError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
+            raise PrototokensError(f"decay_steps must be > warmup_steps ({self.warmup_steps}), got {self.decay_steps}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimiser step `step` (0-based)."""
@@ -103,7 +112,8 @@ class Recipe:
             return self.lr * (step + 1) / self.warmup_steps
         if self.schedule == "constant":
             return self.lr
-        span = max(1, self.max_steps - self.warmup_steps)
+        end = self.max_steps if self.decay_steps is None else self.decay_steps
+        span = max(1, end - self.warmup_steps)
         frac = min(1.0, (step - self.warmup_steps) / span)
         if self.schedule == "cosine":
             mult = 0.5 * (1 + math.cos(math.pi * frac))
@@ -149,9 +159,11 @@ RECIPES: dict[str, Recipe] = {
     # The same fields as `recommended`, under the name it was measured by as a candidate.
     "recommended-plateau": _CONSTANT.replace(name="recommended-plateau", plateau_after=50),
     # A candidate for the 5000-step budget of the capacity targets: `recommended-constant` with a
-    # cosine decay over the budget (10 warm-up steps). At N = 128 it held 127/128 tokens of a text
-    # where `recommended` froze at 90/128 (docs/recipe.md); short fits see an almost constant rate.
-    "recommended-cosine": _CONSTANT.replace(name="recommended-cosine", schedule="cosine", warmup_steps=10),
+    # cosine decay over 5000 steps (10 warm-up steps), whatever the budget. At N = 128 it held 127/128
+    # tokens of a text where `recommended` froze at 90/128 (docs/recipe.md); short fits see an almost
+    # constant rate.
+    "recommended-cosine": _CONSTANT.replace(name="recommended-cosine", schedule="cosine", warmup_steps=10,
+                                            decay_steps=5000),
     # Provisional (docs/recipe.md): a 10x larger init keeps position 0 out of the model's attention-
     # sink regime, where its output hardly depends on the input and the first token is never learnt.
     "large-init": Recipe(name="large-init", init_scale=10.0, lr=0.1),
