@@ -48,3 +48,19 @@ def test_recipe_ablation_shares_one_m_on_request(tmp_path):
 def test_recipe_ablation_rejects_an_unknown_model_in_one_line(tmp_path):
     res = ablation("--steps", "1", "--model", "no-such-model")  # the later --model wins
     assert res.returncode != 0 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+
+
+def test_recipe_ablation_variant_cosine_5000_is_the_named_recipe_whatever_the_budget():
+    # docs/recipe.md reports this variant's shorter-budget runs as `recommended-cosine`
+    import importlib.util
+
+    import prototokens as pt
+
+    spec = importlib.util.spec_from_file_location("recipe_ablation", ROOT / "experiments" / "recipe_ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    arrangement, changes = mod.VARIANTS["init x30, lr 0.3, focal 2, cosine 5000"]
+    named = pt.get_recipe("recommended-cosine")
+    for budget in (300, 2000, 5000):
+        variant = pt.get_recipe("paper", max_steps=budget, **changes).replace(name=named.name)
+        assert arrangement == "e-m" and variant == named.replace(max_steps=budget)
