@@ -54,6 +54,14 @@ def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
     assert saved["schedule"] == "cosine" and saved["warmup_steps"] == 2 and saved["decay_steps"] == 3000
 
 
+def test_fit_notes_steps_past_the_end_of_a_fixed_decay(capsys, tmp_path):
+    argv = ["fit", "--text", "Hi!", *TINY, "--schedule", "cosine", "--out", str(tmp_path / "f.safetensors")]
+    code, _, err = run(capsys, *argv, "--steps", "8", "--decay-steps", "5")
+    assert code == 0 and "decays its rate to 0 by step 5" in err
+    code, _, err = run(capsys, *argv, "--steps", "5", "--decay-steps", "5")
+    assert code == 0 and "note" not in err
+
+
 def test_fit_from_file(capsys, tmp_path):
     src = tmp_path / "t.txt"
     src.write_text("From a file\n")

@@ -39,6 +39,15 @@ def _read_text(args: argparse.Namespace) -> str:
 
 
 def _recipe(pt, args: argparse.Namespace):
+    recipe = _recipe_from_args(pt, args)
+    if (recipe.schedule != "constant" and recipe.decay_steps is not None and recipe.min_lr_ratio == 0
+            and recipe.max_steps > recipe.decay_steps):
+        print(f"prototokens: note: recipe {recipe.name!r} decays its rate to 0 by step {recipe.decay_steps}, so "
+              f"steps after it change nothing (raise --decay-steps with --steps)", file=sys.stderr)
+    return recipe
+
+
+def _recipe_from_args(pt, args: argparse.Namespace):
     return pt.get_recipe(args.recipe, max_steps=args.steps, lr=args.lr, init=args.init,
                          init_scale=args.init_scale, schedule=args.schedule, warmup_steps=args.warmup_steps,
                          decay_steps=args.decay_steps, patience=args.patience,
