@@ -161,7 +161,9 @@ RECIPES: dict[str, Recipe] = {
     # A candidate for the 5000-step budget of the capacity targets: `recommended-constant` with a
     # cosine decay over 5000 steps (10 warm-up steps), whatever the budget. At N = 128 it held 127/128
     # tokens of a text where `recommended` froze at 90/128, and at N = 64 it fitted 4/4 texts where
-    # `recommended` fits 3/4, 3-4x more slowly (docs/recipe.md); short fits see an almost constant rate.
+    # `recommended` fits 3/4, 3-4x more slowly; with one `m` shared by 4 texts at N = 32 it fitted 1/4 in
+    # 2000 steps where `recommended` fits 4/4 by step 562 (docs/recipe.md). Short fits see an almost
+    # constant rate.
     "recommended-cosine": _CONSTANT.replace(name="recommended-cosine", schedule="cosine", warmup_steps=10,
                                             decay_steps=5000),
     # Provisional (docs/recipe.md): a 10x larger init keeps position 0 out of the model's attention-
