@@ -39,21 +39,16 @@ def _read_text(args: argparse.Namespace) -> str:
 
 
 def _recipe(pt, args: argparse.Namespace):
-    recipe = _recipe_from_args(pt, args)
-    if (recipe.schedule != "constant" and recipe.decay_steps is not None and recipe.min_lr_ratio == 0
-            and recipe.max_steps > recipe.decay_steps):
-        print(f"prototokens: note: recipe {recipe.name!r} decays its rate to 0 by step {recipe.decay_steps}, so "
+    recipe = pt.get_recipe(args.recipe, max_steps=args.steps, lr=args.lr, init=args.init,
+                           init_scale=args.init_scale, schedule=args.schedule, warmup_steps=args.warmup_steps,
+                           decay_steps=args.decay_steps, patience=args.patience,
+                           restarts=args.restarts, restart_after=args.restart_after, focal_gamma=args.focal_gamma,
+                           plateau_after=args.plateau_after, plateau_factor=args.plateau_factor,
+                           plateau_min=args.plateau_min, plateau_cycle=args.plateau_cycle)
+    if recipe.schedule != "constant" and recipe.min_lr_ratio == 0 and recipe.max_steps > recipe.decay_end:
+        print(f"prototokens: note: recipe {recipe.name!r} decays its rate to 0 by step {recipe.decay_end}, so "
               f"steps after it change nothing (raise --decay-steps with --steps)", file=sys.stderr)
     return recipe
-
-
-def _recipe_from_args(pt, args: argparse.Namespace):
-    return pt.get_recipe(args.recipe, max_steps=args.steps, lr=args.lr, init=args.init,
-                         init_scale=args.init_scale, schedule=args.schedule, warmup_steps=args.warmup_steps,
-                         decay_steps=args.decay_steps, patience=args.patience,
-                         restarts=args.restarts, restart_after=args.restart_after, focal_gamma=args.focal_gamma,
-                         plateau_after=args.plateau_after, plateau_factor=args.plateau_factor,
-                         plateau_min=args.plateau_min, plateau_cycle=args.plateau_cycle)
 
 
 def _share(value: str) -> int:

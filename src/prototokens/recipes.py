@@ -106,14 +106,18 @@ class Recipe:
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
             raise PrototokensError(f"decay_steps must be > warmup_steps ({self.warmup_steps}), got {self.decay_steps}")
 
+    @property
+    def decay_end(self) -> int:
+        """The step at which the schedule's decay ends: ``decay_steps``, else the step budget."""
+        return self.max_steps if self.decay_steps is None else self.decay_steps
+
     def lr_at(self, step: int) -> float:
         """Learning rate for optimiser step `step` (0-based)."""
         if self.warmup_steps and step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if self.schedule == "constant":
             return self.lr
-        end = self.max_steps if self.decay_steps is None else self.decay_steps
-        span = max(1, end - self.warmup_steps)
+        span = max(1, self.decay_end - self.warmup_steps)
         frac = min(1.0, (step - self.warmup_steps) / span)
         if self.schedule == "cosine":
             mult = 0.5 * (1 + math.cos(math.pi * frac))
