@@ -62,6 +62,20 @@ def test_fit_notes_steps_past_the_end_of_a_fixed_decay(capsys, tmp_path):
     assert code == 0 and "note" not in err
 
 
+def test_fit_resumes_from_its_snapshot_file(capsys, tmp_path):
+    snap, out = tmp_path / "fit.pt", tmp_path / "f.safetensors"
+    argv = ["fit", "--text", "Hello there", *TINY, "--out", str(out), "--snapshot", str(snap), "--json"]
+    code, first, _ = run(capsys, *argv)
+    assert code == 0 and not snap.exists()  # deleted once the fit is done
+    snap.write_bytes(b"junk")
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "not a readable snapshot" in err and err.count("\n") == 1
+    assert snap.exists()  # kept for the user to look at
+    snap.unlink()
+    code, again, _ = run(capsys, *argv)
+    assert code == 0 and json.loads(again)["rows"] == json.loads(first)["rows"]
+
+
 def test_fit_from_file(capsys, tmp_path):
     src = tmp_path / "t.txt"
     src.write_text("From a file\n")
@@ -151,7 +165,9 @@ def test_decode_with_another_model_is_refused(capsys, fitted):
 
 
 def test_bad_flag_values_exit_nonzero(capsys):
-    for argv in (["fit", "--text", "x", "--seeds", "0", "--out", "o"], ["fit", "--text", "x", "--out", "o", "--share-m", "two"]):
+    for argv in (["fit", "--text", "x", "--seeds", "0", "--out", "o"], ["fit", "--text", "x", "--out", "o", "--share-m", "two"],
+                 ["fit", "--text", "x", "--out", "o", "--snapshot", "s.pt", "--snapshot-every", "-1"],
+                 ["sweep", "c.toml", "--snapshot-every", "soon"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2

@@ -18,9 +18,10 @@ from .errors import PrototokensError  # noqa: E402
 from .loading import FrozenLM, load_model  # noqa: E402
 from .metrics import lm_cross_entropy  # noqa: E402
 from .recipes import RECIPES, Recipe, get_recipe  # noqa: E402
+from .snapshots import Snapshots  # noqa: E402
 
 __all__ = [
     "ARRANGEMENTS", "Arrangement", "FrozenLM", "ProtoTokens", "PrototokensError", "RECIPES", "Recipe",
-    "MemoryFit", "RowResult", "decode", "evaluate_memory", "fit_memory", "greedy_decode", "decode_ids", "decode_text", "evaluate", "fit", "fit_token_ids",
+    "MemoryFit", "Snapshots", "RowResult", "decode", "evaluate_memory", "fit_memory", "greedy_decode", "decode_ids", "decode_text", "evaluate", "fit", "fit_token_ids",
     "get_arrangement", "get_recipe", "lm_cross_entropy", "load_model",
 ]

@@ -62,6 +62,7 @@ from .errors import PrototokensError
 from .loading import FrozenLM, check_model
 from .metrics import lm_cross_entropy, nats_to_bits
 from .recipes import Recipe, get_recipe
+from .snapshots import Snapshots, fit_identity, moments_of, restore_param, tensors_of
 
 FORMAT = "prototokens-memory/1"
 
@@ -240,8 +241,27 @@ class _MemRun:
         self.mem = mem
         return len(self.active) > 0
 
-    def run(self, rows: list[MemoryRow]) -> None:
-        step_loop(self.step, self.finish_rows, self.recipe.max_steps, self.check_every, self.bar)
+    _STATE = ("best_mem", "best_acc", "best_step", "best_loss", "best_correct", "bad", "active")
+
+    def state(self, next_step: int) -> dict:
+        """Everything the loop carries to step `next_step` (CPU copies), for a snapshot."""
+        return {"next_step": next_step, "tensors": tensors_of(self, self._STATE), "status": list(self.status),
+                "mem": self.mem.detach().cpu().clone(), "mem_moments": moments_of(self.opt, self.mem)}
+
+    def load_state(self, state: dict) -> int:
+        """Take up a snapshot's state; return the step to continue from."""
+        for name, t in state["tensors"].items():
+            setattr(self, name, t.to(self.lm.device))
+        self.status = list(state["status"])
+        self.opt.state.clear()
+        self.mem = restore_param(self.opt, state["mem"], state["mem_moments"], self.lm.device)
+        self.opt.param_groups[0]["params"] = [self.mem]
+        return int(state["next_step"])
+
+    def run(self, rows: list[MemoryRow], resume: dict | None = None, on_check=None) -> None:
+        """Fit to the end, from step 0 or from a snapshot's state; on_check(next_step) after each stop check."""
+        start = self.load_state(resume) if resume is not None else 0
+        step_loop(self.step, self.finish_rows, self.recipe.max_steps, self.check_every, self.bar, start, on_check)
         for i, r in enumerate(rows):
             r.correct = [bool(c) for c in self.best_correct[i, :r.n_tokens].tolist()]
             r.accuracy = sum(r.correct) / r.n_tokens
@@ -252,7 +272,8 @@ class _MemRun:
 
 def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seeds: int | list[int] = 1,
                recipe: str | Recipe | None = None, max_batch: int | None = None, check_every: int | None = None,
-               progress: bool = False, texts: list[str] | None = None, bos: bool = True) -> MemoryFit:
+               progress: bool = False, texts: list[str] | None = None, bos: bool = True,
+               snapshots: Snapshots | None = None) -> MemoryFit:
     """Fit K = `n_mem` [mem] vectors for every (text, seed) pair; rows are ordered text-major, seed-minor.
 
     recipe: default `kuratov` (Kuratov et al.'s setup; see `recipes.RECIPES`).
@@ -261,6 +282,8 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
     max_batch: at most this many rows optimised at once (rows are independent; an out-of-memory
         error also halves the batch).
     check_every: steps between reads of the stop bookkeeping (default 1 on CPU, 10 on GPU).
+    snapshots: save the fit's state there as it goes, and resume from a snapshot already there
+        (the same steps as an uninterrupted fit); the file is deleted when the fit returns.
     """
     recipe = get_recipe(recipe or "kuratov")
     unsupported = [f for f, off in (("restarts", 0), ("focal_gamma", 0.0), ("plateau_after", None))
@@ -293,17 +316,39 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
     if check_every is None:
         check_every = 1 if lm.device.type == "cpu" else 10
     start = time.perf_counter()
+    saved = None
+    if snapshots is not None:
+        splits = max_batch if max_batch is not None and max_batch < len(rows) else None
+        saved = snapshots.open(fit_identity("memory", lm.fingerprint, token_ids, seed_list, n_mem, bos_id,
+                                            recipe.to_dict(), splits, check_every))
+    done: dict[str, list[dict]] = saved["done"] if saved else {}  # finished runs: their rows' results
+    earlier_s = saved["seconds"] if saved else 0.0
+    if saved:
+        mem[:] = saved["mem"]
     bar = tqdm(total=None, desc="fitting mem", unit="step", disable=not progress, leave=False, mininterval=0.5)
+
+    def snapshot(key: str, run: _MemRun, next_step: int | None = None) -> None:
+        """Save if due: mid-run (the state for `next_step`) or after run `key` finished (next_step None)."""
+        if snapshots is not None and snapshots.due():
+            snapshots.save({"mem": mem, "done": done, "current": key, "seconds": earlier_s + time.perf_counter() - start,
+                            "run": run.state(next_step) if next_step is not None else None})
 
     def solve(idx: list[int]) -> None:
         if max_batch is not None and len(idx) > max_batch:
             solve(idx[:len(idx) // 2])
             solve(idx[len(idx) // 2:])
             return
+        key = ",".join(map(str, idx))
+        if key in done:  # finished before the snapshot was taken
+            for i, fields in zip(idx, done[key], strict=True):
+                for k, v in fields.items():
+                    setattr(rows[i], k, v)
+            return
         run = _MemRun(lm, [rows[i].token_ids for i in idx], mem[idx], recipe, check_every, bar if progress else None,
                       bos_id)
+        resume = saved["run"] if saved and saved["current"] == key else None
         try:
-            run.run([rows[i] for i in idx])
+            run.run([rows[i] for i in idx], resume, on_check=lambda i: snapshot(key, run, i))
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -316,13 +361,17 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
             solve(idx[len(idx) // 2:])
             return
         mem[idx] = run.best_mem.float().cpu()
+        done[key] = [{k: getattr(rows[i], k) for k in ("correct", "accuracy", "steps", "loss", "status")} for i in idx]
+        snapshot(key, run)
 
     try:
         solve(list(range(len(rows))))
     finally:
         bar.close()
+    if snapshots is not None:
+        snapshots.clear()
     return MemoryFit(mem=mem, rows=rows, model_name=lm.name, fingerprint=lm.fingerprint, recipe=recipe.to_dict(),
-                     seconds=time.perf_counter() - start, bos_id=bos_id)
+                     seconds=earlier_s + time.perf_counter() - start, bos_id=bos_id)
 
 
 @torch.no_grad()

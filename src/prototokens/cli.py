@@ -63,6 +63,24 @@ def _share(value: str) -> int:
     return n
 
 
+def _seconds_or_off(value: str) -> float | None:
+    if value == "off":
+        return None
+    try:
+        s = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'off', got {value!r}") from None
+    if not s >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds (or 'off'), got {value}")
+    return s
+
+
+def _snapshot_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--snapshot-every", type=_seconds_or_off, default=300.0, metavar="SECONDS|off",
+                   help=f"seconds between snapshots of {what}, so that a killed run resumes it at the step it "
+                        "had reached (default 300; 0: after every stop check; off: none)")
+
+
 def _positive(value: str) -> int:
     try:
         n = int(value)
@@ -93,8 +111,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     recipe = _recipe(pt, args)
     pt.get_arrangement(args.arrangement)
     lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
+    snaps = None
+    if args.snapshot and args.snapshot_every is not None:
+        snaps = pt.Snapshots(args.snapshot, args.snapshot_every)
     fit = pt.fit(lm, [text], seeds=args.seeds, arrangement=args.arrangement, recipe=recipe,
-                 share_m=args.share_m, progress=not args.quiet)
+                 share_m=args.share_m, progress=not args.quiet, snapshots=snaps)
     fit.save(out)
     s = _fit_summary(fit, 1)
     s["out"] = str(out)
@@ -192,7 +213,7 @@ def _run_sweep(cfg, args: argparse.Namespace) -> int:
 
     init_distributed()
     run_dir = Path(args.run or Path("runs") / cfg.name)
-    counts = Sweep(cfg, run_dir).run(progress=not args.quiet)
+    counts = Sweep(cfg, run_dir, snapshot_every=args.snapshot_every).run(progress=not args.quiet)
     _emit(args, {"run": str(run_dir), **counts},
           f"{cfg.name}: {counts['units_run']} unit(s) fitted, {counts['units_skipped']} already done, "
           f"{counts['rows_added']} row(s) added; results in {run_dir}/results.sqlite")
@@ -372,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share-m", type=_share, default=1, metavar="K|all",
                    help="seeds per group sharing one m (default 1: each its own)")
     p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--snapshot", metavar="FILE",
+                   help="save the fit's progress to FILE as it goes and, if FILE holds a snapshot of this fit, "
+                        "resume from it (deleted once the fit is done)")
+    _snapshot_option(p, "--snapshot's fit")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)
@@ -401,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=sorted(RECIPES), help="override the config's recipe (its overrides still apply)")
     p.add_argument("--steps", type=_positive, help="override the recipe's maximum steps")
     _grid_overrides(p)
+    _snapshot_option(p, "the fit in flight")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
 
@@ -415,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=sorted(RECIPES), help="override the config's recipe (its overrides still apply)")
     p.add_argument("--steps", type=_positive, help="override the recipe's maximum steps")
     _grid_overrides(p)
+    _snapshot_option(p, "the fit in flight")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_experiment)
 

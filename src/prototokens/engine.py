@@ -28,6 +28,7 @@ from .artefacts import ProtoTokens, RowResult
 from .errors import PrototokensError
 from .loading import FrozenLM
 from .recipes import Recipe, get_recipe
+from .snapshots import Snapshots, fit_identity, moments_of, restore_param, tensors_of
 
 
 def row_seed(token_ids: list[int], seed: int, tag: str) -> int:
@@ -373,8 +374,31 @@ class _Run:
         self.E, self.M, self.e_ids, self.m_ids = E, Mp, new_e, new_m
         return len(self.active) > 0
 
-    def run(self) -> None:
-        step_loop(self.step, self.finish_units, self.recipe.max_steps, self.check_every, self.bar)
+    _STATE = ("best_e", "best_m", "best_acc", "best_step", "bad", "best_correct", "best_loss", "try_acc",
+              "try_step", "lr_mult", "decay_step", "n_cuts", "active", "e_ids", "m_ids")
+
+    def state(self, next_step: int) -> dict:
+        """Everything the loop carries to step `next_step` (CPU copies), for a snapshot."""
+        return {"next_step": next_step, "tensors": tensors_of(self, self._STATE), "status": list(self.status),
+                "restarts": list(self.restarts), "E": self.E.detach().cpu().clone(), "M": self.M.detach().cpu().clone(),
+                "E_moments": moments_of(self.opt, self.E), "M_moments": moments_of(self.opt, self.M)}
+
+    def load_state(self, state: dict) -> int:
+        """Take up a snapshot's state; return the step to continue from."""
+        dev = self.lm.device
+        for name, t in state["tensors"].items():
+            setattr(self, name, t.to(dev))
+        self.status, self.restarts = list(state["status"]), list(state["restarts"])
+        self.opt.state.clear()
+        self.E = restore_param(self.opt, state["E"], state["E_moments"], dev)
+        self.M = restore_param(self.opt, state["M"], state["M_moments"], dev)
+        self.opt.param_groups[0]["params"] = [self.E, self.M] if self.arr.uses_m else [self.E]
+        return int(state["next_step"])
+
+    def run(self, resume: dict | None = None, on_check=None) -> None:
+        """Fit to the end, from step 0 or from a snapshot's state; on_check(next_step) after each stop check."""
+        start = self.load_state(resume) if resume is not None else 0
+        step_loop(self.step, self.finish_units, self.recipe.max_steps, self.check_every, self.bar, start, on_check)
         for i, r in enumerate(self.rows):
             u = int(self.row_unit[i])
             length = self.arr.length(r.n_tokens)
@@ -471,20 +495,26 @@ def stop_status(recipe: Recipe, bad: bool, best_acc: float, final: bool) -> str 
     return None if final else "patience"
 
 
-def step_loop(step, finish, max_steps: int, check_every: int, bar: tqdm | None) -> None:
-    """Steps 0..max_steps (the last only evaluates), retiring finished rows every `check_every` steps.
+def step_loop(step, finish, max_steps: int, check_every: int, bar: tqdm | None, start: int = 0,
+              on_check=None) -> None:
+    """Steps start..max_steps (the last only evaluates), retiring finished rows every `check_every` steps.
 
     step(i, update) evaluates the current state (and updates it unless `update` is False);
-    finish(i, final) retires stopped rows and returns whether any is still active.
+    finish(i, final) retires stopped rows and returns whether any is still active;
+    on_check(i + 1), if given, runs after each such check that leaves rows active.
     """
     if bar is not None:
         bar.reset(total=max_steps + 1)
-    for i in range(max_steps + 1):
+        bar.update(start)
+    for i in range(start, max_steps + 1):
         step(i, update=i < max_steps)
         if bar is not None:
             bar.update(1)
-        if (i == max_steps or (i + 1) % check_every == 0) and not finish(i, final=i == max_steps):
-            break
+        if i == max_steps or (i + 1) % check_every == 0:
+            if not finish(i, final=i == max_steps):
+                break
+            if on_check is not None:
+                on_check(i + 1)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -496,7 +526,7 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
                   share_e: int = 1, share_m: int = 1, max_batch: int | None = None,
                   check_every: int | None = None, progress: bool = False,
                   texts: list[str] | None = None, compile: bool = False,
-                  distributed: bool = False) -> ProtoTokens:
+                  distributed: bool = False, snapshots: Snapshots | None = None) -> ProtoTokens:
     """Fit proto-tokens for every (text, seed) pair; rows are ordered text-major, seed-minor.
 
     share_e / share_m: rows per group sharing one e / m (1 = own vector, 0 = all rows share one).
@@ -508,6 +538,8 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
     distributed: this rank's share of texts that share ONE m with the other ranks' texts
         (share_m=0, share_e=1, torch.distributed initialised): m starts from rank 0's, its
         gradient is summed over ranks and the stop decision is global, as in a single process.
+    snapshots: save the fit's state there as it goes, and resume from a snapshot already there
+        (the same steps as an uninterrupted fit); the file is deleted when the fit returns.
     """
     arr = get_arrangement(arrangement)
     recipe = get_recipe(recipe)
@@ -529,6 +561,8 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
         if share_m != 0 or share_e != 1 or len(seed_list) != 1:
             raise PrototokensError("distributed fitting shares one m over all ranks: use share_m=0, share_e=1, one seed")
         max_batch = None
+        if snapshots is not None:
+            raise PrototokensError("snapshots are not supported with distributed fitting")
     pairs = [(t, s) for t in range(len(token_ids)) for s in seed_list]
     e_of = group_ids(len(pairs), share_e)
     m_of = group_ids(len(pairs), share_m)
@@ -548,7 +582,23 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
         max_batch = auto_max_batch(lm, max(arr.length(len(t)) for t in token_ids))
     best_e, best_m = e0.clone(), m0.clone()
     start = time.perf_counter()
+    saved = None
+    if snapshots is not None:
+        splits = max_batch if max_batch is not None and max_batch < len(rows) else None
+        saved = snapshots.open(fit_identity(lm.fingerprint, token_ids, seed_list, arr.name, recipe.to_dict(),
+                                            share_e, share_m, splits, check_every))
+    done: dict[str, list[dict]] = saved["done"] if saved else {}  # finished runs: their rows' results
+    earlier_s = saved["seconds"] if saved else 0.0
+    if saved:
+        best_e[:], best_m[:] = saved["best_e"], saved["best_m"]
     bar = tqdm(total=None, desc="fitting", unit="step", disable=not progress, leave=False, mininterval=0.5)
+
+    def snapshot(key: str, run: _Run, next_step: int | None = None) -> None:
+        """Save if due: mid-run (the state for `next_step`) or after run `key` finished (next_step None)."""
+        if snapshots is not None and snapshots.due():
+            snapshots.save({"best_e": best_e, "best_m": best_m, "done": done, "current": key,
+                            "seconds": earlier_s + time.perf_counter() - start,
+                            "run": run.state(next_step) if next_step is not None else None})
 
     def solve(unit_set: list[int]) -> None:
         idx = [r for r in range(len(rows)) if units[r] in unit_set]
@@ -558,11 +608,18 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
             solve(unit_set[half:])
             return
         sub = [rows[r] for r in idx]
+        key = ",".join(map(str, unit_set))
+        if key in done:  # finished before the snapshot was taken
+            for r, fields in zip(sub, done[key], strict=True):
+                for k, v in fields.items():
+                    setattr(r, k, v)
+            return
         local_units = [unit_set.index(units[r]) for r in idx]
         run = _Run(lm, sub, local_units, best_e, best_m, arr, recipe, check_every, bar if progress else None,
                    loss_fn=compiled_row_losses(lm) if compile else row_losses, distributed=distributed)
+        resume = saved["run"] if saved and saved["current"] == key else None
         try:
-            run.run()
+            run.run(resume, on_check=lambda i: snapshot(key, run, i))
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -577,13 +634,20 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
             return
         best_e[:] = run.best_e.cpu()
         best_m[:] = run.best_m.cpu()
+        done[key] = [{k: getattr(r, k) for k in _RESULT_FIELDS} for r in sub]
+        snapshot(key, run)
 
     try:
         solve(sorted(set(units)))
     finally:
         bar.close()
+    if snapshots is not None:
+        snapshots.clear()
     return ProtoTokens(
         e=best_e, m=best_m, rows=rows, arrangement=arr.name, model_name=lm.name,
         fingerprint=lm.fingerprint, recipe=recipe.to_dict(),
-        sharing={"e": share_e, "m": share_m}, seconds=time.perf_counter() - start,
+        sharing={"e": share_e, "m": share_m}, seconds=earlier_s + time.perf_counter() - start,
     )
+
+
+_RESULT_FIELDS = ("correct", "c_tokens", "accuracy", "steps", "loss", "status", "restarts")

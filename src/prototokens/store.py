@@ -2,7 +2,8 @@
 
 A work unit (one fit call) writes its vectors to a safetensors file (atomically, beside the
 database) and then commits all its rows in one transaction. A sweep killed at any moment
-(kill -9 included) loses at most the unit in flight; rerunning skips every committed unit and
+(kill -9 included) loses at most the unit in flight (and with snapshots, see `snapshots.py`, only
+its steps since the last one); rerunning skips every committed unit and
 the primary key makes a duplicate row impossible. WAL mode lets several ranks write at once.
 """
 

@@ -173,10 +173,15 @@ def _barrier() -> None:
 
 
 class Sweep:
-    """Runs a SweepConfig into a run directory; safe to rerun, kill and resume."""
+    """Runs a SweepConfig into a run directory; safe to rerun, kill and resume.
 
-    def __init__(self, cfg: SweepConfig, run_dir: str | Path):
-        self.cfg = cfg
+    snapshot_every: seconds between snapshots of the fit in flight (in `partial/` of the run
+    directory), so that a killed sweep resumes that fit at the step it had reached; None: no
+    snapshots (a killed fit starts again). Fits whose m spans ranks are not snapshotted.
+    """
+
+    def __init__(self, cfg: SweepConfig, run_dir: str | Path, snapshot_every: float | None = 300.0):
+        self.cfg, self.snapshot_every = cfg, snapshot_every
         if _dist()[0] == 0:  # rank 0 creates the database and writes the config; the others then open them
             self.store = ResultStore(run_dir)
             self._check_config(Path(run_dir) / "config.json")
@@ -298,22 +303,25 @@ class Sweep:
     def _fit_unit(self, lm, unit: Unit, key: str, payload: list[tuple[str, list[int]]], progress: bool,
                   distributed: bool = False) -> int:
         from .metrics import lm_cross_entropy
+        from .snapshots import Snapshots
 
         cfg = self.cfg
         ids = [t for _, t in payload]
-        start = time.perf_counter()
+        snaps = None
+        if self.snapshot_every is not None and not distributed:
+            snaps = Snapshots(self.store.dir / "partial" / f"{key}.pt", self.snapshot_every, stale="discard")
         if cfg.method == "one-step":
             from .engine import fit_token_ids
 
             fit = fit_token_ids(lm, ids, seeds=[unit.seed], arrangement=unit.arrangement, recipe=cfg.recipe_obj(),
                                 share_e=unit.share_e, share_m=unit.share_m, progress=progress,
-                                compile=cfg.compile, distributed=distributed)
+                                compile=cfg.compile, distributed=distributed, snapshots=snaps)
         else:
             from .baseline import fit_memory
 
             fit = fit_memory(lm, ids, n_mem=cfg.n_mem, seeds=[unit.seed], recipe=cfg.recipe_obj(), progress=progress,
-                             bos=cfg.mem_bos)
-        seconds = time.perf_counter() - start
+                             bos=cfg.mem_bos, snapshots=snaps)
+        seconds = fit.seconds  # over every attempt, when the fit resumed from a snapshot
         decode_s = _decode_seconds(lm, fit)
         rel = f"fits/{key}.safetensors"
         fit.save(self.store.dir / rel)

@@ -1,0 +1,94 @@
+"""Snapshots of a fit in progress, so that a fit killed mid-way resumes at the step it had reached.
+
+A snapshot holds everything the fitting loop carries from one step to the next (the vectors, the
+AdamW moments, the best state so far and the stop bookkeeping), so a resumed fit takes exactly the
+steps the uninterrupted one would have taken. It is written atomically, at most every `every_s`
+seconds, after a stop check; it is deleted once the fit has returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import PrototokensError
+
+STALE = ("error", "discard")
+
+
+def fit_identity(*parts) -> str:
+    """A digest of everything that determines a fit's trajectory (JSON-serialisable parts)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class Snapshots:
+    """Where and how often a fit saves its state.
+
+    stale: what to do with a snapshot at `path` that belongs to another fit (other texts, model,
+    recipe or settings): "error" stops with a one-line error, "discard" starts the fit afresh.
+    """
+
+    def __init__(self, path: str | Path, every_s: float = 300.0, stale: str = "error"):
+        if stale not in STALE:
+            raise PrototokensError(f"stale must be one of {', '.join(STALE)}, got {stale!r}")
+        if every_s < 0:
+            raise PrototokensError(f"the snapshot interval must be >= 0 seconds, got {every_s}")
+        self.path, self.every_s, self.stale = Path(path), every_s, stale
+        self.identity: str | None = None
+        self._last = time.monotonic()
+
+    def open(self, identity: str) -> dict | None:
+        """The saved state of the fit `identity`, or None if there is none to resume."""
+        self.identity, self._last = identity, time.monotonic()
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged file: the fit is not lost, only its progress
+            raise PrototokensError(f"{self.path} is not a readable snapshot ({type(e).__name__}); "
+                                   "delete it to start the fit afresh") from None
+        if state.get("identity") == identity:
+            return state
+        if self.stale == "error":
+            raise PrototokensError(f"{self.path} is a snapshot of another fit (texts, model, recipe or settings "
+                                   "differ); delete it or choose another path")
+        print(f"note: {self.path} was a snapshot of another fit; starting afresh", file=sys.stderr)
+        return None
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every_s
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({**state, "identity": self.identity}, tmp)
+        tmp.replace(self.path)
+        self._last = time.monotonic()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def tensors_of(obj, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """CPU copies of the tensor attributes `names` of `obj`."""
+    return {n: getattr(obj, n).detach().cpu().clone() for n in names}
+
+
+def moments_of(opt: torch.optim.Optimizer, param: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+    """CPU copies of the optimiser state (AdamW: step, exp_avg, exp_avg_sq) of one parameter."""
+    return {k: v.detach().cpu().clone() for k, v in opt.state.get(param, {}).items()}
+
+
+def restore_param(opt: torch.optim.Optimizer, value: torch.Tensor, moments: dict[str, torch.Tensor],
+                  device: torch.device) -> torch.nn.Parameter:
+    """A new parameter holding `value`, with its optimiser state `moments` (the step count stays on the CPU,
+    where AdamW keeps it)."""
+    p = torch.nn.Parameter(value.to(device))
+    if moments:
+        opt.state[p] = {k: v if k == "step" else v.to(device) for k, v in moments.items()}
+    return p
