@@ -335,6 +335,10 @@ def test_experiment_command_overrides_models_and_sources(tmp_path, capsys):
                  "--steps", "2", "--run", str(run), "--quiet"]) == 0
     rows = ResultStore(run).rows()
     assert rows and {(r["model"], r["source"]) for r in rows} == {("tiny-random-qwen2", "unseen")}
+    shared = tmp_path / "t1-shared"
+    assert main(["experiment", "table1", "--scale", "cpu", "--models", "tiny-random-qwen2", "--sources", "unseen",
+                 "--steps", "2", "--share-m", "all", "1", "--run", str(shared), "--quiet"]) == 0
+    assert {r["share_m"] for r in ResultStore(shared).rows()} == {0, 1}
     # a bad model or source is refused before a run directory is made
     for flag, value, message in (("--models", "gpt-17", "unknown model 'gpt-17'"),
                                  ("--sources", "pg19", "unknown text source(s) 'pg19'")):
