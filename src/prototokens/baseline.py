@@ -35,7 +35,6 @@ their difference, the information gain (Kuratov et al.'s C_H) in nats.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +61,7 @@ from .errors import PrototokensError
 from .loading import FrozenLM, check_model
 from .metrics import lm_cross_entropy, nats_to_bits
 from .recipes import Recipe, get_recipe
-from .snapshots import Snapshots, fit_identity, moments_of, restore_param, tensors_of
+from .snapshots import FitProgress, Snapshots, fit_identity, moments_of, restore_param, tensors_of
 
 FORMAT = "prototokens-memory/1"
 
@@ -315,23 +314,11 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
     rows = [MemoryRow(token_ids=list(token_ids[t]), seed=s, text=texts[t] if texts else None) for t, s in pairs]
     if check_every is None:
         check_every = 1 if lm.device.type == "cpu" else 10
-    start = time.perf_counter()
-    saved = None
-    if snapshots is not None:
-        splits = max_batch if max_batch is not None and max_batch < len(rows) else None
-        saved = snapshots.open(fit_identity("memory", lm.fingerprint, token_ids, seed_list, n_mem, bos_id,
-                                            recipe.to_dict(), splits, check_every))
-    done: dict[str, list[dict]] = saved["done"] if saved else {}  # finished runs: their rows' results
-    earlier_s = saved["seconds"] if saved else 0.0
-    if saved:
-        mem[:] = saved["mem"]
+    splits = max_batch if max_batch is not None and max_batch < len(rows) else None
+    tracker = FitProgress(snapshots, fit_identity("memory", lm.fingerprint, token_ids, seed_list, n_mem, bos_id,
+                                                  recipe.to_dict(), splits, check_every),
+                          {"mem": mem}, ("correct", "accuracy", "steps", "loss", "status"))
     bar = tqdm(total=None, desc="fitting mem", unit="step", disable=not progress, leave=False, mininterval=0.5)
-
-    def snapshot(key: str, run: _MemRun, next_step: int | None = None) -> None:
-        """Save if due: mid-run (the state for `next_step`) or after run `key` finished (next_step None)."""
-        if snapshots is not None and snapshots.due():
-            snapshots.save({"mem": mem, "done": done, "current": key, "seconds": earlier_s + time.perf_counter() - start,
-                            "run": run.state(next_step) if next_step is not None else None})
 
     def solve(idx: list[int]) -> None:
         if max_batch is not None and len(idx) > max_batch:
@@ -339,16 +326,12 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
             solve(idx[len(idx) // 2:])
             return
         key = ",".join(map(str, idx))
-        if key in done:  # finished before the snapshot was taken
-            for i, fields in zip(idx, done[key], strict=True):
-                for k, v in fields.items():
-                    setattr(rows[i], k, v)
+        if tracker.finished(key, [rows[i] for i in idx]):
             return
         run = _MemRun(lm, [rows[i].token_ids for i in idx], mem[idx], recipe, check_every, bar if progress else None,
                       bos_id)
-        resume = saved["run"] if saved and saved["current"] == key else None
         try:
-            run.run([rows[i] for i in idx], resume, on_check=lambda i: snapshot(key, run, i))
+            run.run([rows[i] for i in idx], tracker.resume(key), on_check=lambda i: tracker.checked(key, run, i))
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -361,17 +344,15 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
             solve(idx[len(idx) // 2:])
             return
         mem[idx] = run.best_mem.float().cpu()
-        done[key] = [{k: getattr(rows[i], k) for k in ("correct", "accuracy", "steps", "loss", "status")} for i in idx]
-        snapshot(key, run)
+        tracker.done(key, [rows[i] for i in idx], run)
 
     try:
         solve(list(range(len(rows))))
     finally:
         bar.close()
-    if snapshots is not None:
-        snapshots.clear()
+    tracker.close()
     return MemoryFit(mem=mem, rows=rows, model_name=lm.name, fingerprint=lm.fingerprint, recipe=recipe.to_dict(),
-                     seconds=earlier_s + time.perf_counter() - start, bos_id=bos_id)
+                     seconds=tracker.seconds, bos_id=bos_id)
 
 
 @torch.no_grad()

@@ -14,7 +14,6 @@ padded: under a causal mask real positions never attend to padding, so no mask i
 from __future__ import annotations
 
 import hashlib
-import time
 import weakref
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from .artefacts import ProtoTokens, RowResult
 from .errors import PrototokensError
 from .loading import FrozenLM
 from .recipes import Recipe, get_recipe
-from .snapshots import Snapshots, fit_identity, moments_of, restore_param, tensors_of
+from .snapshots import FitProgress, Snapshots, fit_identity, moments_of, restore_param, tensors_of
 
 
 def row_seed(token_ids: list[int], seed: int, tag: str) -> int:
@@ -581,24 +580,11 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
     if max_batch is None and not distributed:
         max_batch = auto_max_batch(lm, max(arr.length(len(t)) for t in token_ids))
     best_e, best_m = e0.clone(), m0.clone()
-    start = time.perf_counter()
-    saved = None
-    if snapshots is not None:
-        splits = max_batch if max_batch is not None and max_batch < len(rows) else None
-        saved = snapshots.open(fit_identity(lm.fingerprint, token_ids, seed_list, arr.name, recipe.to_dict(),
-                                            share_e, share_m, splits, check_every))
-    done: dict[str, list[dict]] = saved["done"] if saved else {}  # finished runs: their rows' results
-    earlier_s = saved["seconds"] if saved else 0.0
-    if saved:
-        best_e[:], best_m[:] = saved["best_e"], saved["best_m"]
+    splits = max_batch if max_batch is not None and max_batch < len(rows) else None
+    tracker = FitProgress(snapshots, fit_identity(lm.fingerprint, token_ids, seed_list, arr.name, recipe.to_dict(),
+                                                  share_e, share_m, splits, check_every),
+                          {"best_e": best_e, "best_m": best_m}, _RESULT_FIELDS)
     bar = tqdm(total=None, desc="fitting", unit="step", disable=not progress, leave=False, mininterval=0.5)
-
-    def snapshot(key: str, run: _Run, next_step: int | None = None) -> None:
-        """Save if due: mid-run (the state for `next_step`) or after run `key` finished (next_step None)."""
-        if snapshots is not None and snapshots.due():
-            snapshots.save({"best_e": best_e, "best_m": best_m, "done": done, "current": key,
-                            "seconds": earlier_s + time.perf_counter() - start,
-                            "run": run.state(next_step) if next_step is not None else None})
 
     def solve(unit_set: list[int]) -> None:
         idx = [r for r in range(len(rows)) if units[r] in unit_set]
@@ -609,17 +595,13 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
             return
         sub = [rows[r] for r in idx]
         key = ",".join(map(str, unit_set))
-        if key in done:  # finished before the snapshot was taken
-            for r, fields in zip(sub, done[key], strict=True):
-                for k, v in fields.items():
-                    setattr(r, k, v)
+        if tracker.finished(key, sub):
             return
         local_units = [unit_set.index(units[r]) for r in idx]
         run = _Run(lm, sub, local_units, best_e, best_m, arr, recipe, check_every, bar if progress else None,
                    loss_fn=compiled_row_losses(lm) if compile else row_losses, distributed=distributed)
-        resume = saved["run"] if saved and saved["current"] == key else None
         try:
-            run.run(resume, on_check=lambda i: snapshot(key, run, i))
+            run.run(tracker.resume(key), on_check=lambda i: tracker.checked(key, run, i))
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -634,19 +616,17 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
             return
         best_e[:] = run.best_e.cpu()
         best_m[:] = run.best_m.cpu()
-        done[key] = [{k: getattr(r, k) for k in _RESULT_FIELDS} for r in sub]
-        snapshot(key, run)
+        tracker.done(key, sub, run)
 
     try:
         solve(sorted(set(units)))
     finally:
         bar.close()
-    if snapshots is not None:
-        snapshots.clear()
+    tracker.close()
     return ProtoTokens(
         e=best_e, m=best_m, rows=rows, arrangement=arr.name, model_name=lm.name,
         fingerprint=lm.fingerprint, recipe=recipe.to_dict(),
-        sharing={"e": share_e, "m": share_m}, seconds=earlier_s + time.perf_counter() - start,
+        sharing={"e": share_e, "m": share_m}, seconds=tracker.seconds,
     )
 
 

@@ -92,3 +92,57 @@ def restore_param(opt: torch.optim.Optimizer, value: torch.Tensor, moments: dict
     if moments:
         opt.state[p] = {k: v if k == "step" else v.to(device) for k, v in moments.items()}
     return p
+
+
+class FitProgress:
+    """One fit call's progress over its runs (the batches it fits one after another), kept in
+    `snapshots` if given: which runs have finished and with what row results, the fit-level
+    `vectors` (updated in place by the caller), the state of the run in flight, and the seconds spent.
+
+    Without `snapshots` it only measures the seconds; every run starts afresh.
+    """
+
+    def __init__(self, snapshots: Snapshots | None, identity: str, vectors: dict[str, torch.Tensor],
+                 fields: tuple[str, ...]):
+        self.snapshots, self.vectors, self.fields = snapshots, vectors, fields
+        self.start = time.perf_counter()
+        saved = snapshots.open(identity) if snapshots is not None else None
+        self.saved = saved or {"done": {}, "seconds": 0.0, "current": None, "run": None}
+        for name, v in vectors.items():
+            if saved:
+                v[:] = saved[name]
+
+    @property
+    def seconds(self) -> float:
+        """Fitting time over every attempt (earlier ones read from the snapshot)."""
+        return self.saved["seconds"] + time.perf_counter() - self.start
+
+    def finished(self, key: str, rows: list) -> bool:
+        """Whether run `key` finished before the snapshot; if so its results are put back into `rows`."""
+        results = self.saved["done"].get(key)
+        if results is None:
+            return False
+        for row, res in zip(rows, results, strict=True):
+            for k, v in res.items():
+                setattr(row, k, v)
+        return True
+
+    def resume(self, key: str) -> dict | None:
+        """The snapshot's state of run `key` if that run was in flight, else None."""
+        return self.saved["run"] if self.saved["current"] == key else None
+
+    def checked(self, key: str, run, next_step: int | None = None) -> None:
+        """After a stop check of run `key` (next_step: where it goes on; None: it has finished): save if due."""
+        if self.snapshots is not None and self.snapshots.due():
+            self.snapshots.save({**self.vectors, "done": self.saved["done"], "current": key, "seconds": self.seconds,
+                                 "run": run.state(next_step) if next_step is not None else None})
+
+    def done(self, key: str, rows: list, run) -> None:
+        """Run `key` has finished with `rows` (its results) and the vectors are updated."""
+        self.saved["done"][key] = [{k: getattr(r, k) for k in self.fields} for r in rows]
+        self.checked(key, run)
+
+    def close(self) -> None:
+        """The fit has returned: its snapshot is no longer needed."""
+        if self.snapshots is not None:
+            self.snapshots.clear()
