@@ -374,3 +374,23 @@ def test_report_keeps_recipes_apart_in_every_table(tmp_path):
         section = text.split(heading)[1].split("Paper")[0]
         lines = [line for line in section.splitlines() if line.startswith(first_cell)]
         assert {cell for line in lines for cell in line.split(" | ")} >= {"paper", "large-init"}, section
+
+
+def test_report_marks_an_unfinished_capacity_search_as_a_lower_bound(tmp_path):
+    from prototokens.report import write_report
+
+    cfg = tiny_config(name="capacity-cpu", lengths=[2, 4], arrangements=["e-m"], capacity=True,
+                      overrides={"lr": 0.1, "max_steps": 60})
+    Sweep(cfg, tmp_path / "done").run(progress=False)
+    # the same search stopped after its first length (as a killed or still running sweep leaves it)
+    Sweep(tiny_config(name="capacity-cpu", lengths=[2], arrangements=["e-m"], capacity=True, recipe="large-init",
+                      overrides={"lr": 0.1, "max_steps": 60}), tmp_path / "part").run(progress=False)
+    config = tmp_path / "part" / "config.json"
+    config.write_text(config.read_text().replace('"lengths": [\n  2\n ]', '"lengths": [\n  2,\n  4\n ]'))
+    assert '"lengths": [\n  2,\n  4\n ]' in config.read_text()
+    section = write_report(tmp_path).read_text().split("## Capacity search by recipe")[1].split("Paper")[0]
+    part = [line for line in section.splitlines() if "| large-init |" in line and "inline-" in line]
+    done = [line for line in section.splitlines() if "| paper |" in line and "inline-" in line]
+    assert part and all("| >= 2 |" in line and "(search unfinished)" in line for line in part)
+    assert done and not any("unfinished" in line or ">=" in line for line in done)
+    assert f"| {len(TEXTS)} ({len(TEXTS)} unfinished) |" in section

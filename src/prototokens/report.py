@@ -38,7 +38,9 @@ def _runs(root: Path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = defaultdict(list)
     for d in dirs:
         store, label = ResultStore(d, create=False), _recipe_label(d)
+        top = _grid_top(d)
         for r in store.rows():
+            r = {**r, "grid_top": top}
             if label:
                 r = {**r, "recipe": label}
             if r["method"].startswith("memory") and not r["extra"].get("bos"):
@@ -46,6 +48,13 @@ def _runs(root: Path) -> dict[str, list[dict]]:
             out[r["experiment"].removesuffix("-cpu")].append({**r, "cpu_scale": r["experiment"].endswith("-cpu")})
         store.close()
     return out
+
+
+def _grid_top(run_dir: Path) -> int | None:
+    """The longest length of a run's grid (from its config.json; None if unknown)."""
+    path = run_dir / "config.json"
+    lengths = json.loads(path.read_text()).get("lengths") if path.exists() else None
+    return max(lengths) if lengths else None
 
 
 def _recipe_label(run_dir: Path) -> str | None:
@@ -198,11 +207,15 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
     for r in rows:
         fits[(r["model"], r["source"], r["share_m"], r["recipe"], r["text_id"])].append(r)
     summary, per_text, data, labels = [], [], [], []
+    unfinished_any = False
     for (model, source, share_m, _, recipe), texts in sorted(caps.items()):
         sm = _sharing(share_m)
         c = [r["n"] if r else 0 for r in texts.values()]
         reached = [r for r in texts.values() if r is not None]
-        summary.append([model, source, sm, recipe, len(c), f"{statistics.fmean(c):.1f}", f"{statistics.median(c):g}",
+        open_ = sum(1 for r in reached if r["grid_top"] is not None and r["n"] < r["grid_top"])
+        unfinished_any |= open_ > 0
+        summary.append([model, source, sm, recipe, f"{len(c)}" + (f" ({open_} unfinished)" if open_ else ""),
+                        f"{statistics.fmean(c):.1f}", f"{statistics.median(c):g}",
                         f"{min(c)}–{max(c)}", _ms([r["c_tokens"] for r in reached]),
                         _ms([r["h_lm_nats"] for r in reached])])
         data.append(c)
@@ -210,15 +223,20 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
         for tid, best in sorted(texts.items()):
             tried = sorted(fits[(model, source, share_m, recipe, tid)], key=lambda r: r["n"])
             last = tried[-1]
-            stop = (f"N={last['n']}: best {last['c_tokens']}/{last['n']}, reached at step {last['steps']}"
-                    if last["accuracy"] < 0.99 else f"none up to N={last['n']}")
-            per_text.append([model, sm, recipe, tid, best["n"] if best else 0,
+            searching = last["accuracy"] >= 0.99 and last["grid_top"] is not None and last["n"] < last["grid_top"]
+            if last["accuracy"] < 0.99:
+                stop = f"N={last['n']}: best {last['c_tokens']}/{last['n']}, reached at step {last['steps']}"
+            else:
+                stop = f"none up to N={last['n']}" + (" (search unfinished)" if searching else "")
+            per_text.append([model, sm, recipe, tid, (">= " if searching else "") + str(best["n"] if best else 0),
                              f"{best['h_lm_nats']:.0f}" if best else "–", best["steps"] if best else "–", stop])
     p = paper["table3_capacity"]
     theirs = [[m, *p["C_tokens"]["pg19"][i]] for i, m in enumerate(p["models"])]
     _capacity_boxplot(data, labels, "Capacity per text, by recipe", figs / "capacity.png")
     return (f"## Capacity search by recipe\n\n{_scale_note(rows)} Each text is fitted up the length grid until its "
-            f"first failure (accuracy < 0.99); its capacity is the last length reached (0 if none).\n\n"
+            f"first failure (accuracy < 0.99); its capacity is the last length reached (0 if none)."
+            + (" A text whose search is unfinished (no failure yet, and longer lengths on the grid not yet "
+               "fitted) counts at its last length reached, a lower bound." if unfinished_any else "") + "\n\n"
             f"{_table(['model', 'source', 'share m', 'recipe', 'texts', 'mean', 'median', 'range', 'C_tokens at capacity', 'H_LM at capacity (nats)'], summary)}"
             f"\n\nPer text:\n\n"
             f"{_table(['model', 'share m', 'recipe', 'text', 'capacity', 'H_LM (nats)', 'steps at capacity', 'first failure'], per_text)}"
