@@ -4,7 +4,8 @@
 # GGUF at /tmp/SmolLM2-135M-Instruct.Q4_1.gguf and `gguf` in /tmp/site. Carry .carry/data (the texts)
 # and, from the second call on, runs/gpu (brought back as $OUT/gpu-runs.tgz, unpacked here).
 # Every call works until BUDGET seconds (default 540), then packs runs/gpu and the report into $OUT.
-# A stopped sweep loses only the unit in flight; the next call goes on from there.
+# A stopped sweep loses only the last minute of the fit in flight (snapshots every 60 s, packed with
+# the runs); the next call goes on from there.
 set -uo pipefail
 export PROTOTOKENS_CACHE=/tmp/ptcache PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -24,7 +25,7 @@ mkdir -p "$PROTOTOKENS_CACHE/data"
 for recipe in ${RECIPES:-recommended recommended-cosine recommended-constant}; do
   [ "$(left)" -gt 30 ] || break
   timeout "$(left)" python3 -m prototokens.cli experiment capacity --models smollm2-135m --recipe "$recipe" \
-    --run "runs/gpu/capacity/$recipe" --quiet
+    --run "runs/gpu/capacity/$recipe" --quiet --snapshot-every 60
   echo "capacity $recipe: exit $? at ${SECONDS}s"
 done
 pt report runs/gpu/capacity > "$OUT/report.log" 2>&1 && cp runs/gpu/capacity/report.md "$OUT/" 2>/dev/null
