@@ -379,9 +379,9 @@ def test_report_keeps_recipes_apart_in_every_table(tmp_path):
 def test_report_marks_an_unfinished_capacity_search_as_a_lower_bound(tmp_path):
     from prototokens.report import write_report
 
-    cfg = tiny_config(name="capacity-cpu", lengths=[2, 4], arrangements=["e-m"], capacity=True,
-                      overrides={"lr": 0.1, "max_steps": 60})
-    Sweep(cfg, tmp_path / "done").run(progress=False)
+    cfg = tiny_config(name="capacity-cpu", lengths=[2, 4, 19], arrangements=["e-m"], capacity=True,
+                      overrides={"lr": 0.1, "max_steps": 30})
+    Sweep(cfg, tmp_path / "done").run(progress=False)  # every text fails by N = 19: its search has ended
     # the same search stopped after its first length (as a killed or still running sweep leaves it)
     Sweep(tiny_config(name="capacity-cpu", lengths=[2], arrangements=["e-m"], capacity=True, recipe="large-init",
                       overrides={"lr": 0.1, "max_steps": 60}), tmp_path / "part").run(progress=False)
@@ -393,4 +393,8 @@ def test_report_marks_an_unfinished_capacity_search_as_a_lower_bound(tmp_path):
     done = [line for line in section.splitlines() if "| paper |" in line and "inline-" in line]
     assert part and all("| >= 2 |" in line and "(search unfinished)" in line for line in part)
     assert done and not any("unfinished" in line or ">=" in line for line in done)
-    assert f"| {len(TEXTS)} ({len(TEXTS)} unfinished) |" in section
+    assert any("| 2 |" in line or "| 4 |" in line for line in done)  # a capacity below the grid's top, final
+    n_open = len(part)
+    assert f"| {len(TEXTS)} ({n_open} unfinished) |" in section
+    summary = [line for line in section.splitlines() if line.startswith("| tiny-random-llama | inline")]
+    assert sum("unfinished" in line for line in summary) == 1  # the finished search's failures are final

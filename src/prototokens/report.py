@@ -200,6 +200,12 @@ def _sharing(share_m: int) -> str:
     return {0: "shared by all", 1: "own"}.get(share_m, f"shared by {share_m}")
 
 
+def _unfinished(tried: list[dict]) -> bool:
+    """Whether a text's capacity search has not ended: its longest fit so far succeeded, below the grid's top."""
+    last = max(tried, key=lambda r: r["n"])
+    return last["accuracy"] >= 0.99 and last["grid_top"] is not None and last["n"] < last["grid_top"]
+
+
 def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
     """The recipe capacity search: per-text maxima and their summary, recipes side by side."""
     caps = capacities(rows)
@@ -212,7 +218,7 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
         sm = _sharing(share_m)
         c = [r["n"] if r else 0 for r in texts.values()]
         reached = [r for r in texts.values() if r is not None]
-        open_ = sum(1 for r in reached if r["grid_top"] is not None and r["n"] < r["grid_top"])
+        open_ = sum(_unfinished(fits[(model, source, share_m, recipe, tid)]) for tid in texts)
         unfinished_any |= open_ > 0
         summary.append([model, source, sm, recipe, f"{len(c)}" + (f" ({open_} unfinished)" if open_ else ""),
                         f"{statistics.fmean(c):.1f}", f"{statistics.median(c):g}",
@@ -223,7 +229,7 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
         for tid, best in sorted(texts.items()):
             tried = sorted(fits[(model, source, share_m, recipe, tid)], key=lambda r: r["n"])
             last = tried[-1]
-            searching = last["accuracy"] >= 0.99 and last["grid_top"] is not None and last["n"] < last["grid_top"]
+            searching = _unfinished(tried)
             if last["accuracy"] < 0.99:
                 stop = f"N={last['n']}: best {last['c_tokens']}/{last['n']}, reached at step {last['steps']}"
             else:
