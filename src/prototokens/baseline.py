@@ -61,7 +61,7 @@ from .errors import PrototokensError
 from .loading import FrozenLM, check_model
 from .metrics import lm_cross_entropy, nats_to_bits
 from .recipes import Recipe, get_recipe
-from .snapshots import FitProgress, Snapshots, fit_identity, moments_of, restore_param, tensors_of
+from .snapshots import FitProgress, Snapshots, fit_identity, load_loop_state
 
 FORMAT = "prototokens-memory/1"
 
@@ -240,22 +240,16 @@ class _MemRun:
         self.mem = mem
         return len(self.active) > 0
 
+    # what a snapshot keeps (snapshots.loop_state); the rest is fixed by the rows and the recipe
     _STATE = ("best_mem", "best_acc", "best_step", "best_loss", "best_correct", "bad", "active")
-
-    def state(self, next_step: int) -> dict:
-        """Everything the loop carries to step `next_step` (CPU copies), for a snapshot."""
-        return {"next_step": next_step, "tensors": tensors_of(self, self._STATE), "status": list(self.status),
-                "mem": self.mem.detach().cpu().clone(), "mem_moments": moments_of(self.opt, self.mem)}
+    _LISTS = ("status",)
+    _PARAMS = ("mem",)
 
     def load_state(self, state: dict) -> int:
         """Take up a snapshot's state; return the step to continue from."""
-        for name, t in state["tensors"].items():
-            setattr(self, name, t.to(self.lm.device))
-        self.status = list(state["status"])
-        self.opt.state.clear()
-        self.mem = restore_param(self.opt, state["mem"], state["mem_moments"], self.lm.device)
+        start = load_loop_state(self, state, self.lm.device)
         self.opt.param_groups[0]["params"] = [self.mem]
-        return int(state["next_step"])
+        return start
 
     def run(self, rows: list[MemoryRow], resume: dict | None = None, on_check=None) -> None:
         """Fit to the end, from step 0 or from a snapshot's state; on_check(next_step) after each stop check."""

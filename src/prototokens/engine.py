@@ -27,7 +27,7 @@ from .artefacts import ProtoTokens, RowResult
 from .errors import PrototokensError
 from .loading import FrozenLM
 from .recipes import Recipe, get_recipe
-from .snapshots import FitProgress, Snapshots, fit_identity, moments_of, restore_param, tensors_of
+from .snapshots import FitProgress, Snapshots, fit_identity, load_loop_state
 
 
 def row_seed(token_ids: list[int], seed: int, tag: str) -> int:
@@ -237,8 +237,8 @@ class _Run:
         self.m_unit = torch.zeros(len(m0), dtype=torch.long, device=dev).index_put_((self.row_m,), self.row_unit)
         self.E = torch.nn.Parameter(self.best_e[self.e_ids].clone())
         self.M = torch.nn.Parameter(self.best_m[self.m_ids].clone())
-        params = [self.E, self.M] if arr.uses_m else [self.E]
-        self.opt = torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+        self.opt = torch.optim.AdamW(self._optimised(), lr=recipe.lr, betas=recipe.betas,
+                                     weight_decay=recipe.weight_decay)
 
     def _local(self, ids: torch.Tensor, active_ids: torch.Tensor) -> torch.Tensor:
         return torch.searchsorted(active_ids, ids)
@@ -369,30 +369,25 @@ class _Run:
         Mp = torch.nn.Parameter(self.M.detach()[keep_m].clone())
         _slice_adam(self.opt, self.E, E, keep_e)
         _slice_adam(self.opt, self.M, Mp, keep_m)
-        self.opt.param_groups[0]["params"] = [E, Mp] if self.arr.uses_m else [E]
         self.E, self.M, self.e_ids, self.m_ids = E, Mp, new_e, new_m
+        self.opt.param_groups[0]["params"] = self._optimised()
         return len(self.active) > 0
 
+    def _optimised(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimiser updates: e, and m if the arrangement uses it."""
+        return [self.E, self.M] if self.arr.uses_m else [self.E]
+
+    # what a snapshot keeps (snapshots.loop_state); the rest is fixed by the rows and the recipe
     _STATE = ("best_e", "best_m", "best_acc", "best_step", "bad", "best_correct", "best_loss", "try_acc",
               "try_step", "lr_mult", "decay_step", "n_cuts", "active", "e_ids", "m_ids")
-
-    def state(self, next_step: int) -> dict:
-        """Everything the loop carries to step `next_step` (CPU copies), for a snapshot."""
-        return {"next_step": next_step, "tensors": tensors_of(self, self._STATE), "status": list(self.status),
-                "restarts": list(self.restarts), "E": self.E.detach().cpu().clone(), "M": self.M.detach().cpu().clone(),
-                "E_moments": moments_of(self.opt, self.E), "M_moments": moments_of(self.opt, self.M)}
+    _LISTS = ("status", "restarts")
+    _PARAMS = ("E", "M")
 
     def load_state(self, state: dict) -> int:
         """Take up a snapshot's state; return the step to continue from."""
-        dev = self.lm.device
-        for name, t in state["tensors"].items():
-            setattr(self, name, t.to(dev))
-        self.status, self.restarts = list(state["status"]), list(state["restarts"])
-        self.opt.state.clear()
-        self.E = restore_param(self.opt, state["E"], state["E_moments"], dev)
-        self.M = restore_param(self.opt, state["M"], state["M_moments"], dev)
-        self.opt.param_groups[0]["params"] = [self.E, self.M] if self.arr.uses_m else [self.E]
-        return int(state["next_step"])
+        start = load_loop_state(self, state, self.lm.device)
+        self.opt.param_groups[0]["params"] = self._optimised()
+        return start
 
     def run(self, resume: dict | None = None, on_check=None) -> None:
         """Fit to the end, from step 0 or from a snapshot's state; on_check(next_step) after each stop check."""

@@ -37,8 +37,10 @@ def _runs(root: Path) -> dict[str, list[dict]]:
         raise PrototokensError(f"no results.sqlite (or geometry.json) in {root} or its subdirectories")
     out: dict[str, list[dict]] = defaultdict(list)
     for d in dirs:
-        store, label = ResultStore(d, create=False), _recipe_label(d)
-        top = _grid_top(d)
+        path = d / "config.json"
+        saved = json.loads(path.read_text()) if path.exists() else None
+        store, label = ResultStore(d, create=False), _recipe_label(saved)
+        top = max(saved["lengths"]) if saved and saved.get("lengths") else None  # the top of its length grid
         for r in store.rows():
             r = {**r, "grid_top": top}
             if label:
@@ -50,20 +52,12 @@ def _runs(root: Path) -> dict[str, list[dict]]:
     return out
 
 
-def _grid_top(run_dir: Path) -> int | None:
-    """The longest length of a run's grid (from its config.json; None if unknown)."""
-    path = run_dir / "config.json"
-    lengths = json.loads(path.read_text()).get("lengths") if path.exists() else None
-    return max(lengths) if lengths else None
-
-
-def _recipe_label(run_dir: Path) -> str | None:
-    """For a run whose recipe has been redefined since it ran: the recipe's name now (or its old name,
-    marked as such), so that its rows are not reported under the new meaning of their name."""
-    path = run_dir / "config.json"
-    if not path.exists():
+def _recipe_label(saved: dict | None) -> str | None:
+    """For a run whose recipe has been redefined since it ran (`saved`: its config.json): the recipe's name
+    now (or its old name, marked as such), so that its rows are not reported under the new meaning of
+    their name."""
+    if saved is None:
         return None
-    saved = json.loads(path.read_text())
     redefined, now = recipe_redefined(saved)
     if not redefined:
         return None

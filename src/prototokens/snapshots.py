@@ -74,24 +74,35 @@ class Snapshots:
         self.path.unlink(missing_ok=True)
 
 
-def tensors_of(obj, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """CPU copies of the tensor attributes `names` of `obj`."""
-    return {n: getattr(obj, n).detach().cpu().clone() for n in names}
+def loop_state(run, next_step: int) -> dict:
+    """Everything a fitting loop (`engine._Run`, `baseline._MemRun`) carries to step `next_step`, as CPU
+    copies: its tensor attributes named in `run._STATE`, its list attributes `run._LISTS`, and its
+    parameters `run._PARAMS` with their optimiser state (AdamW: step, exp_avg, exp_avg_sq)."""
+    out = {"next_step": next_step, "tensors": {n: getattr(run, n).detach().cpu().clone() for n in run._STATE}}
+    for n in run._LISTS:
+        out[n] = list(getattr(run, n))
+    for n in run._PARAMS:
+        p = getattr(run, n)
+        out[n] = p.detach().cpu().clone()
+        out[f"{n}_moments"] = {k: v.detach().cpu().clone() for k, v in run.opt.state.get(p, {}).items()}
+    return out
 
 
-def moments_of(opt: torch.optim.Optimizer, param: torch.nn.Parameter) -> dict[str, torch.Tensor]:
-    """CPU copies of the optimiser state (AdamW: step, exp_avg, exp_avg_sq) of one parameter."""
-    return {k: v.detach().cpu().clone() for k, v in opt.state.get(param, {}).items()}
-
-
-def restore_param(opt: torch.optim.Optimizer, value: torch.Tensor, moments: dict[str, torch.Tensor],
-                  device: torch.device) -> torch.nn.Parameter:
-    """A new parameter holding `value`, with its optimiser state `moments` (the step count stays on the CPU,
-    where AdamW keeps it)."""
-    p = torch.nn.Parameter(value.to(device))
-    if moments:
-        opt.state[p] = {k: v if k == "step" else v.to(device) for k, v in moments.items()}
-    return p
+def load_loop_state(run, state: dict, device: torch.device) -> int:
+    """Put a `loop_state` back into `run`; return the step to continue from. The parameters are new
+    objects holding their optimiser state (the step count stays on the CPU, where AdamW keeps it): the
+    caller puts them into its optimiser's parameter group."""
+    for n, t in state["tensors"].items():
+        setattr(run, n, t.to(device))
+    for n in run._LISTS:
+        setattr(run, n, list(state[n]))
+    run.opt.state.clear()
+    for n in run._PARAMS:
+        p = torch.nn.Parameter(state[n].to(device))
+        if state[f"{n}_moments"]:
+            run.opt.state[p] = {k: v if k == "step" else v.to(device) for k, v in state[f"{n}_moments"].items()}
+        setattr(run, n, p)
+    return int(state["next_step"])
 
 
 class FitProgress:
@@ -108,8 +119,8 @@ class FitProgress:
         self.start = time.perf_counter()
         saved = snapshots.open(identity) if snapshots is not None else None
         self.saved = saved or {"done": {}, "seconds": 0.0, "current": None, "run": None}
-        for name, v in vectors.items():
-            if saved:
+        if saved:
+            for name, v in vectors.items():
                 v[:] = saved[name]
 
     @property
@@ -135,7 +146,7 @@ class FitProgress:
         """After a stop check of run `key` (next_step: where it goes on; None: it has finished): save if due."""
         if self.snapshots is not None and self.snapshots.due():
             self.snapshots.save({**self.vectors, "done": self.saved["done"], "current": key, "seconds": self.seconds,
-                                 "run": run.state(next_step) if next_step is not None else None})
+                                 "run": loop_state(run, next_step) if next_step is not None else None})
 
     def done(self, key: str, rows: list, run) -> None:
         """Run `key` has finished with `rows` (its results) and the vectors are updated."""
