@@ -6,6 +6,7 @@
 # dir RECIPE-shared); RECIPES and OUT choose the recipes and the parent run dir:
 #   STEPS=5000 RECIPES=recommended-cosine OUT=runs/capacity-cpu5000 bash scripts/run_capacity_cpu.sh
 #   STEPS=5000 SHARE_M=all RECIPES=recommended OUT=runs/capacity-cpu5000 bash scripts/run_capacity_cpu.sh
+# Two searches can share the 2 cores side by side, each run with OMP_NUM_THREADS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PT=${PT:-.venv/bin/prototokens}
