@@ -202,7 +202,8 @@ class _MemRun:
         self.status = ["max_steps"] * n_rows
         self.active = torch.arange(n_rows, device=dev)
         self.mem = torch.nn.Parameter(self.best_mem.clone())
-        self.opt = torch.optim.AdamW([self.mem], lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+        self.opt = torch.optim.AdamW(self._optimised(), lr=recipe.lr, betas=recipe.betas,
+                                     weight_decay=recipe.weight_decay)
 
     def step(self, step: int, update: bool) -> None:
         rows = self.active
@@ -236,9 +237,13 @@ class _MemRun:
         self.active = self.active[keep_idx]
         mem = torch.nn.Parameter(self.mem.detach()[keep_idx].clone())
         _slice_adam(self.opt, self.mem, mem, keep_idx)
-        self.opt.param_groups[0]["params"] = [mem]
         self.mem = mem
+        self.opt.param_groups[0]["params"] = self._optimised()
         return len(self.active) > 0
+
+    def _optimised(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimiser updates: the [mem] vectors."""
+        return [self.mem]
 
     # what a snapshot keeps (snapshots.loop_state); the rest is fixed by the rows and the recipe
     _STATE = ("best_mem", "best_acc", "best_step", "best_loss", "best_correct", "bad", "active")
@@ -247,9 +252,7 @@ class _MemRun:
 
     def load_state(self, state: dict) -> int:
         """Take up a snapshot's state; return the step to continue from."""
-        start = load_loop_state(self, state, self.lm.device)
-        self.opt.param_groups[0]["params"] = [self.mem]
-        return start
+        return load_loop_state(self, state, self.lm.device)
 
     def run(self, rows: list[MemoryRow], resume: dict | None = None, on_check=None) -> None:
         """Fit to the end, from step 0 or from a snapshot's state; on_check(next_step) after each stop check."""

@@ -385,9 +385,7 @@ class _Run:
 
     def load_state(self, state: dict) -> int:
         """Take up a snapshot's state; return the step to continue from."""
-        start = load_loop_state(self, state, self.lm.device)
-        self.opt.param_groups[0]["params"] = self._optimised()
-        return start
+        return load_loop_state(self, state, self.lm.device)
 
     def run(self, resume: dict | None = None, on_check=None) -> None:
         """Fit to the end, from step 0 or from a snapshot's state; on_check(next_step) after each stop check."""

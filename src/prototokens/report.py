@@ -22,7 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .arrangements import get_arrangement  # noqa: E402
 from .errors import PrototokensError  # noqa: E402
 from .store import ResultStore  # noqa: E402
-from .sweep import recipe_redefined  # noqa: E402
+from .sweep import SweepConfig, recipe_redefined  # noqa: E402
+
+SUCCESS = SweepConfig.success  # the accuracy the capacity search counts as a success (0.99)
 
 PAPER_SOURCE = {"random": "random", "gutenberg": "pg19", "unseen": "fanfics", "generated": "pg19_gen"}
 
@@ -86,7 +88,7 @@ def _scale_note(rows: list[dict]) -> str:
             f"{len(rows)} fits.*")
 
 
-def capacities(rows: list[dict], success: float = 0.99) -> dict[tuple, dict[str, dict]]:
+def capacities(rows: list[dict], success: float = SUCCESS) -> dict[tuple, dict[str, dict]]:
     """Per (model, source, share_m, method, recipe) and text: the largest N reached (>= success) and its row."""
     out: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
@@ -156,7 +158,7 @@ def _capacity_boxplot(data: list[list[int]], labels: list[str], title: str, path
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
     ax.set_yscale("symlog", base=2, linthresh=1)  # capacities span 0 to the grid's top
     ax.set_ylim(bottom=0)  # a capacity is never negative: no mirrored half of the symlog axis
-    ax.set_ylabel("capacity (max N with accuracy >= 0.99)")
+    ax.set_ylabel(f"capacity (max N with accuracy >= {SUCCESS:g})")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -182,7 +184,7 @@ def section_table3(rows: list[dict], figs: Path, paper: dict) -> str:
             theirs.append([model, src, f"{ref[i][0]} / {ref[i][1]}", f"{h[0][0]:.0f} ± {h[0][1]:.0f} / {h[1][0]:.0f} ± {h[1][1]:.0f}"])
     _capacity_boxplot(data, labels, "Table 3: capacity per text", figs / "table3.png")
     return (f"## Table 3: capacity\n\n{_scale_note(rows)} Capacity = the largest N on the length grid "
-            f"reached with accuracy >= 0.99 (0 if none).\n\nOurs:\n\n"
+            f"reached with accuracy >= {SUCCESS:g} (0 if none).\n\nOurs:\n\n"
             f"{_table(['model', 'source', 'share m', 'recipe', 'texts', 'capacity mean / median / range', 'H_LM at capacity (nats)'], body)}"
             f"\n\nPaper ({p['setup']}; sources: pg19 = Gutenberg, fanfics = unseen, pg19_gen = generated):\n\n"
             f"{_table(['model', 'source', 'C_tokens (own m / shared m)', 'H_LM (own / shared)'], theirs)}\n\n"
@@ -197,7 +199,7 @@ def _sharing(share_m: int) -> str:
 def _unfinished(tried: list[dict]) -> bool:
     """Whether a text's capacity search has not ended: its longest fit so far succeeded, below the grid's top."""
     last = max(tried, key=lambda r: r["n"])
-    return last["accuracy"] >= 0.99 and last["grid_top"] is not None and last["n"] < last["grid_top"]
+    return last["accuracy"] >= SUCCESS and last["grid_top"] is not None and last["n"] < last["grid_top"]
 
 
 def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
@@ -224,7 +226,7 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
             tried = sorted(fits[(model, source, share_m, recipe, tid)], key=lambda r: r["n"])
             last = tried[-1]
             searching = _unfinished(tried)
-            if last["accuracy"] < 0.99:
+            if last["accuracy"] < SUCCESS:
                 stop = f"N={last['n']}: best {last['c_tokens']}/{last['n']}, reached at step {last['steps']}"
             else:
                 stop = f"none up to N={last['n']}" + (" (search unfinished)" if searching else "")
@@ -234,7 +236,7 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
     theirs = [[m, *p["C_tokens"]["pg19"][i]] for i, m in enumerate(p["models"])]
     _capacity_boxplot(data, labels, "Capacity per text, by recipe", figs / "capacity.png")
     return (f"## Capacity search by recipe\n\n{_scale_note(rows)} Each text is fitted up the length grid until its "
-            f"first failure (accuracy < 0.99); its capacity is the last length reached (0 if none)."
+            f"first failure (accuracy < {SUCCESS:g}); its capacity is the last length reached (0 if none)."
             + (" A text whose search is unfinished (no failure yet, and longer lengths on the grid not yet "
                "fitted) counts at its last length reached, a lower bound." if unfinished_any else "") + "\n\n"
             f"{_table(['model', 'source', 'share m', 'recipe', 'texts', 'mean', 'median', 'range', 'C_tokens at capacity', 'H_LM at capacity (nats)'], summary)}"

@@ -90,8 +90,8 @@ def loop_state(run, next_step: int) -> dict:
 
 def load_loop_state(run, state: dict, device: torch.device) -> int:
     """Put a `loop_state` back into `run`; return the step to continue from. The parameters are new
-    objects holding their optimiser state (the step count stays on the CPU, where AdamW keeps it): the
-    caller puts them into its optimiser's parameter group."""
+    objects holding their optimiser state (the step count stays on the CPU, where AdamW keeps it), and
+    `run._optimised()` names those its optimiser updates."""
     for n, t in state["tensors"].items():
         setattr(run, n, t.to(device))
     for n in run._LISTS:
@@ -102,6 +102,7 @@ def load_loop_state(run, state: dict, device: torch.device) -> int:
         if state[f"{n}_moments"]:
             run.opt.state[p] = {k: v if k == "step" else v.to(device) for k, v in state[f"{n}_moments"].items()}
         setattr(run, n, p)
+    run.opt.param_groups[0]["params"] = run._optimised()
     return int(state["next_step"])
 
 
