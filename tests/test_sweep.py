@@ -398,3 +398,21 @@ def test_report_marks_an_unfinished_capacity_search_as_a_lower_bound(tmp_path):
     assert f"| {len(TEXTS)} ({n_open} unfinished) |" in section
     summary = [line for line in section.splitlines() if line.startswith("| tiny-random-llama | inline")]
     assert sum("unfinished" in line for line in summary) == 1  # the finished search's failures are final
+
+
+def test_report_counts_capacity_by_each_runs_own_success_accuracy(tmp_path):
+    from prototokens.report import write_report
+
+    Sweep(tiny_config(name="capacity-cpu", lengths=[2, 4, 19], arrangements=["e-m"], capacity=True,
+                      overrides={"lr": 0.1, "max_steps": 30}), tmp_path / "run").run(progress=False)
+    rows = ResultStore(tmp_path / "run").rows()
+    assert any(r["accuracy"] < 0.99 for r in rows)  # some fit failed at the default success accuracy
+    config = tmp_path / "run" / "config.json"
+    saved = json.loads(config.read_text())
+    config.write_text(json.dumps({**saved, "success": 0.0}))  # a run that counted every fit as reached
+    section = write_report(tmp_path).read_text().split("## Capacity search by recipe")[1].split("Paper")[0]
+    assert "first failure (accuracy < 0)" in section
+    for text_id in {r["text_id"] for r in rows}:
+        top = max(r["n"] for r in rows if r["text_id"] == text_id)
+        line = next(line for line in section.splitlines() if f"| {text_id} |" in line)
+        assert f"| {'>= ' if top < 19 else ''}{top} |" in line, line

@@ -24,7 +24,7 @@ from .errors import PrototokensError  # noqa: E402
 from .store import ResultStore  # noqa: E402
 from .sweep import SweepConfig, recipe_redefined  # noqa: E402
 
-SUCCESS = SweepConfig.success  # the accuracy the capacity search counts as a success (0.99)
+SUCCESS = SweepConfig.success  # the success accuracy of a run without a config.json (0.99)
 
 PAPER_SOURCE = {"random": "random", "gutenberg": "pg19", "unseen": "fanfics", "generated": "pg19_gen"}
 
@@ -43,8 +43,9 @@ def _runs(root: Path) -> dict[str, list[dict]]:
         saved = json.loads(path.read_text()) if path.exists() else None
         store, label = ResultStore(d, create=False), _recipe_label(saved)
         top = max(saved["lengths"]) if saved and saved.get("lengths") else None  # the top of its length grid
+        success = saved.get("success", SUCCESS) if saved else SUCCESS  # what this run's search counted as reached
         for r in store.rows():
-            r = {**r, "grid_top": top}
+            r = {**r, "grid_top": top, "success": success}
             if label:
                 r = {**r, "recipe": label}
             if r["method"].startswith("memory") and not r["extra"].get("bos"):
@@ -88,13 +89,24 @@ def _scale_note(rows: list[dict]) -> str:
             f"{len(rows)} fits.*")
 
 
-def capacities(rows: list[dict], success: float = SUCCESS) -> dict[tuple, dict[str, dict]]:
-    """Per (model, source, share_m, method, recipe) and text: the largest N reached (>= success) and its row."""
+def _reached(r: dict) -> bool:
+    """Whether a fit reached its run's success accuracy (the sweep's default for rows without one)."""
+    return r["accuracy"] >= r.get("success", SUCCESS)
+
+
+def _success(rows: list[dict]) -> str:
+    """The success accuracies of `rows`' runs, for the report's text (one value in every run so far)."""
+    return " or ".join(f"{s:g}" for s in sorted({r.get("success", SUCCESS) for r in rows}))
+
+
+def capacities(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """Per (model, source, share_m, method, recipe) and text: the largest N reached (accuracy >= its run's
+    success accuracy) and its row."""
     out: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         group = (r["model"], r["source"], r["share_m"], r["method"], r["recipe"])
         best = out[group].get(r["text_id"])
-        if r["accuracy"] >= success and (best is None or r["n"] > best["n"]):
+        if _reached(r) and (best is None or r["n"] > best["n"]):
             out[group][r["text_id"]] = r
         elif best is None:
             out[group].setdefault(r["text_id"], None)
@@ -152,13 +164,13 @@ def section_table2(kind: str, rows: list[dict], paper: dict) -> str:
             f"Paper ({p['setup']}):\n\n{_table(['Sg', 'max', 'avg'], theirs)}\n")
 
 
-def _capacity_boxplot(data: list[list[int]], labels: list[str], title: str, path: Path) -> None:
+def _capacity_boxplot(data: list[list[int]], labels: list[str], title: str, path: Path, success: str) -> None:
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(data)), 4))
     ax.boxplot(data)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
     ax.set_yscale("symlog", base=2, linthresh=1)  # capacities span 0 to the grid's top
     ax.set_ylim(bottom=0)  # a capacity is never negative: no mirrored half of the symlog axis
-    ax.set_ylabel(f"capacity (max N with accuracy >= {SUCCESS:g})")
+    ax.set_ylabel(f"capacity (max N with accuracy >= {success})")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -182,9 +194,9 @@ def section_table3(rows: list[dict], figs: Path, paper: dict) -> str:
         for src, ref in p["C_tokens"].items():
             h = p["H_LM"][src][i]
             theirs.append([model, src, f"{ref[i][0]} / {ref[i][1]}", f"{h[0][0]:.0f} ± {h[0][1]:.0f} / {h[1][0]:.0f} ± {h[1][1]:.0f}"])
-    _capacity_boxplot(data, labels, "Table 3: capacity per text", figs / "table3.png")
+    _capacity_boxplot(data, labels, "Table 3: capacity per text", figs / "table3.png", _success(rows))
     return (f"## Table 3: capacity\n\n{_scale_note(rows)} Capacity = the largest N on the length grid "
-            f"reached with accuracy >= {SUCCESS:g} (0 if none).\n\nOurs:\n\n"
+            f"reached with accuracy >= {_success(rows)} (0 if none).\n\nOurs:\n\n"
             f"{_table(['model', 'source', 'share m', 'recipe', 'texts', 'capacity mean / median / range', 'H_LM at capacity (nats)'], body)}"
             f"\n\nPaper ({p['setup']}; sources: pg19 = Gutenberg, fanfics = unseen, pg19_gen = generated):\n\n"
             f"{_table(['model', 'source', 'C_tokens (own m / shared m)', 'H_LM (own / shared)'], theirs)}\n\n"
@@ -199,7 +211,7 @@ def _sharing(share_m: int) -> str:
 def _unfinished(tried: list[dict]) -> bool:
     """Whether a text's capacity search has not ended: its longest fit so far succeeded, below the grid's top."""
     last = max(tried, key=lambda r: r["n"])
-    return last["accuracy"] >= SUCCESS and last["grid_top"] is not None and last["n"] < last["grid_top"]
+    return _reached(last) and last["grid_top"] is not None and last["n"] < last["grid_top"]
 
 
 def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
@@ -226,7 +238,7 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
             tried = sorted(fits[(model, source, share_m, recipe, tid)], key=lambda r: r["n"])
             last = tried[-1]
             searching = _unfinished(tried)
-            if last["accuracy"] < SUCCESS:
+            if not _reached(last):
                 stop = f"N={last['n']}: best {last['c_tokens']}/{last['n']}, reached at step {last['steps']}"
             else:
                 stop = f"none up to N={last['n']}" + (" (search unfinished)" if searching else "")
@@ -234,9 +246,9 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
                              f"{best['h_lm_nats']:.0f}" if best else "–", best["steps"] if best else "–", stop])
     p = paper["table3_capacity"]
     theirs = [[m, *p["C_tokens"]["pg19"][i]] for i, m in enumerate(p["models"])]
-    _capacity_boxplot(data, labels, "Capacity per text, by recipe", figs / "capacity.png")
+    _capacity_boxplot(data, labels, "Capacity per text, by recipe", figs / "capacity.png", _success(rows))
     return (f"## Capacity search by recipe\n\n{_scale_note(rows)} Each text is fitted up the length grid until its "
-            f"first failure (accuracy < {SUCCESS:g}); its capacity is the last length reached (0 if none)."
+            f"first failure (accuracy < {_success(rows)}); its capacity is the last length reached (0 if none)."
             + (" A text whose search is unfinished (no failure yet, and longer lengths on the grid not yet "
                "fitted) counts at its last length reached, a lower bound." if unfinished_any else "") + "\n\n"
             f"{_table(['model', 'source', 'share m', 'recipe', 'texts', 'mean', 'median', 'range', 'C_tokens at capacity', 'H_LM at capacity (nats)'], summary)}"
