@@ -178,7 +178,7 @@ def _capacity_boxplot(data: list[list[int]], labels: list[str], title: str, path
 
 
 def section_table3(rows: list[dict], figs: Path, paper: dict) -> str:
-    caps = capacities(rows)
+    caps, success = capacities(rows), _success(rows)
     body, labels, data = [], [], []
     for (model, source, share_m, _, recipe), texts in sorted(caps.items()):
         reached = [r for r in texts.values() if r is not None]
@@ -194,9 +194,9 @@ def section_table3(rows: list[dict], figs: Path, paper: dict) -> str:
         for src, ref in p["C_tokens"].items():
             h = p["H_LM"][src][i]
             theirs.append([model, src, f"{ref[i][0]} / {ref[i][1]}", f"{h[0][0]:.0f} ± {h[0][1]:.0f} / {h[1][0]:.0f} ± {h[1][1]:.0f}"])
-    _capacity_boxplot(data, labels, "Table 3: capacity per text", figs / "table3.png", _success(rows))
+    _capacity_boxplot(data, labels, "Table 3: capacity per text", figs / "table3.png", success)
     return (f"## Table 3: capacity\n\n{_scale_note(rows)} Capacity = the largest N on the length grid "
-            f"reached with accuracy >= {_success(rows)} (0 if none).\n\nOurs:\n\n"
+            f"reached with accuracy >= {success} (0 if none).\n\nOurs:\n\n"
             f"{_table(['model', 'source', 'share m', 'recipe', 'texts', 'capacity mean / median / range', 'H_LM at capacity (nats)'], body)}"
             f"\n\nPaper ({p['setup']}; sources: pg19 = Gutenberg, fanfics = unseen, pg19_gen = generated):\n\n"
             f"{_table(['model', 'source', 'C_tokens (own m / shared m)', 'H_LM (own / shared)'], theirs)}\n\n"
@@ -216,7 +216,7 @@ def _unfinished(tried: list[dict]) -> bool:
 
 def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
     """The recipe capacity search: per-text maxima and their summary, recipes side by side."""
-    caps = capacities(rows)
+    caps, success = capacities(rows), _success(rows)
     fits = defaultdict(list)
     for r in rows:
         fits[(r["model"], r["source"], r["share_m"], r["recipe"], r["text_id"])].append(r)
@@ -246,9 +246,9 @@ def section_capacity(rows: list[dict], figs: Path, paper: dict) -> str:
                              f"{best['h_lm_nats']:.0f}" if best else "–", best["steps"] if best else "–", stop])
     p = paper["table3_capacity"]
     theirs = [[m, *p["C_tokens"]["pg19"][i]] for i, m in enumerate(p["models"])]
-    _capacity_boxplot(data, labels, "Capacity per text, by recipe", figs / "capacity.png", _success(rows))
+    _capacity_boxplot(data, labels, "Capacity per text, by recipe", figs / "capacity.png", success)
     return (f"## Capacity search by recipe\n\n{_scale_note(rows)} Each text is fitted up the length grid until its "
-            f"first failure (accuracy < {_success(rows)}); its capacity is the last length reached (0 if none)."
+            f"first failure (accuracy < {success}); its capacity is the last length reached (0 if none)."
             + (" A text whose search is unfinished (no failure yet, and longer lengths on the grid not yet "
                "fitted) counts at its last length reached, a lower bound." if unfinished_any else "") + "\n\n"
             f"{_table(['model', 'source', 'share m', 'recipe', 'texts', 'mean', 'median', 'range', 'C_tokens at capacity', 'H_LM at capacity (nats)'], summary)}"
