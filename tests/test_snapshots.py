@@ -115,6 +115,8 @@ def test_a_sweep_killed_mid_fit_resumes_that_fit_from_its_snapshot(tmp_path, mon
     with pytest.raises(Killed):
         Sweep(cfg, run, snapshot_every=0).run(progress=False)
     assert ResultStore(run).count() == 0 and len(list((run / "partial").glob("*.pt"))) == 1
+    in_flight = flight_rows(run)
+    assert [r[2] for r in in_flight] == ["20 of 60"]  # the step it goes on from, of the recipe's budget
     monkeypatch.undo()
     steps = []
     init = pt.engine._Run.load_state
@@ -128,3 +130,30 @@ def test_a_sweep_killed_mid_fit_resumes_that_fit_from_its_snapshot(tmp_path, mon
     a = pt.ProtoTokens.load(run / got[0]["fit_file"])
     b = pt.ProtoTokens.load(tmp_path / "whole" / want[0]["fit_file"])
     assert torch.equal(a.e, b.e) and torch.equal(a.m, b.m)
+    # the report showed each text's best state at step 20: never more than the finished fit reached
+    texts, best = in_flight[0][3].split(", "), in_flight[0][5].removesuffix(" of 8").split(", ")
+    assert texts == [r["text_id"] for r in got]
+    assert all(int(b) <= r["c_tokens"] for b, r in zip(best, got, strict=True))
+    assert flight_rows(run) == []  # the fit ended: no snapshot, no section
+
+
+def flight_rows(run) -> list[list[str]]:
+    """The rows of the 'Fits in flight' table in `prototokens report RUN`."""
+    from prototokens.report import write_report
+
+    text = write_report(run).read_text()
+    if "## Fits in flight" not in text:
+        return []
+    lines = [ln for ln in text.split("## Fits in flight")[1].splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]  # after header and rule
+
+
+def test_report_names_a_damaged_snapshot_and_goes_on(tmp_path):
+    from prototokens.report import write_report
+    from prototokens.store import ResultStore
+
+    ResultStore(tmp_path).close()
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "abc.pt").write_bytes(b"not a snapshot")
+    assert flight_rows(tmp_path)[0][:2] == ["partial/abc.pt", "unreadable (UnpicklingError)"]
+    assert "# prototokens report" in write_report(tmp_path).read_text()

@@ -3,7 +3,8 @@
 RUN is a run directory (holding results.sqlite) or a directory of run directories. Each run is
 recognised by its experiment name (table1, table2-e, table2-m, table3, table4, fig3-mem1,
 fig3-mem2; a `-cpu` suffix marks a scaled-down run). Figure 4 (throughput) is computed from the
-Table 3 and Figure 3 runs. The report is written to RUN/report.md with PNGs under RUN/figures/.
+Table 3 and Figure 3 runs. Fits not yet finished are shown from their snapshots (`partial/*.pt`).
+The report is written to RUN/report.md with PNGs under RUN/figures/.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .arrangements import get_arrangement  # noqa: E402
 from .errors import PrototokensError  # noqa: E402
 from .store import ResultStore  # noqa: E402
-from .sweep import SweepConfig, recipe_redefined  # noqa: E402
+from .sweep import SweepConfig, recipe_redefined, run_recipe_fields  # noqa: E402
 
 SUCCESS = SweepConfig.success  # the success accuracy of a run without a config.json (0.99)
 
@@ -311,6 +312,49 @@ def section_fig3_fig4(one_step: list[dict], memory: list[dict], figs: Path, pape
             f"Paper: {paper['throughput']['claim']}.\n")
 
 
+def _budget(run_dir: Path) -> int | None:
+    """The step budget of the run in `run_dir`, from its config.json (None if unknown)."""
+    path = run_dir / "config.json"
+    fields = run_recipe_fields(json.loads(path.read_text())) if path.exists() else None
+    return fields["max_steps"] if fields else None
+
+
+def _in_flight_row(path: Path, root: Path) -> list:
+    import torch
+
+    where = path.relative_to(root).as_posix()
+    try:
+        snap = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged snapshot is reported, not fatal: the runs' results are intact
+        return [where, f"unreadable ({type(e).__name__})", *["–"] * 5]
+    about, run = snap.get("about") or {}, snap.get("run")
+    fit = ", ".join(f"{k} {about[k]}" for k in ("model", "source", "arrangement", "share_m", "seed") if k in about)
+    batches = f"{len(snap.get('done', {}))} finished"
+    if run is None:
+        return [where, fit or "–", "between batches", "–", f"{snap['seconds']:.0f}", "–", batches]
+    correct = run["tensors"]["best_correct"]
+    n = about.get("n", correct.shape[1])
+    budget = about.get("max_steps", _budget(path.parent.parent))
+    texts = about.get("texts", [])
+    rows = ", ".join(texts) if len(texts) == correct.shape[0] else f"{correct.shape[0]} rows"
+    best = ", ".join(str(int(c)) for c in correct.sum(1).tolist())
+    return [where, fit or "–", f"{run['next_step']}" + (f" of {budget}" if budget else ""), rows,
+            f"{snap['seconds']:.0f}", f"{best} of {n}", batches]
+
+
+def section_in_flight(root: Path) -> str | None:
+    """Fits in flight: each snapshot under `root` (a fit still running, or killed and not yet resumed),
+    with the step it has reached and each row's best state so far (tokens right)."""
+    snaps = sorted(root.glob("**/partial/*.pt"))
+    if not snaps:
+        return None
+    body = [_in_flight_row(p, root) for p in snaps]
+    return ("## Fits in flight\n\nFits not yet finished, as their last snapshot (`partial/`) left them: "
+            "the step the fit goes on from, its fitting time so far, and each row's best state so far "
+            "(tokens right). A row lands in results.sqlite only when its fit ends.\n\n"
+            f"{_table(['snapshot', 'fit', 'step', 'rows', 'seconds', 'best correct', 'batches'], body)}\n")
+
+
 def write_report(root: str | Path) -> Path:
     """Write RUN/report.md (and RUN/figures/*.png) from every run under `root`."""
     root = Path(root)
@@ -342,6 +386,9 @@ def write_report(root: str | Path) -> Path:
     for name in sorted(set(runs) - known):
         rows = runs[name]
         parts.append(f"## Sweep {name}\n\n{_scale_note(rows)} Mean accuracy {_ms([r['accuracy'] for r in rows])}.\n")
+    flight = section_in_flight(root)
+    if flight:
+        parts.append(flight)
     out = root / "report.md"
     out.write_text("\n".join(parts))
     return out

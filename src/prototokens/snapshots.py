@@ -31,14 +31,17 @@ class Snapshots:
 
     stale: what to do with a snapshot at `path` that belongs to another fit (other texts, model,
     recipe or settings): "error" stops with a one-line error, "discard" starts the fit afresh.
+    about: JSON-serialisable facts saved with each snapshot for people to read (a sweep saves the
+    model, source, N, text ids and step budget, which `prototokens report` shows); not part of the
+    fit's identity.
     """
 
-    def __init__(self, path: str | Path, every_s: float = 300.0, stale: str = "error"):
+    def __init__(self, path: str | Path, every_s: float = 300.0, stale: str = "error", about: dict | None = None):
         if stale not in STALE:
             raise PrototokensError(f"stale must be one of {', '.join(STALE)}, got {stale!r}")
         if every_s < 0:
             raise PrototokensError(f"the snapshot interval must be >= 0 seconds, got {every_s}")
-        self.path, self.every_s, self.stale = Path(path), every_s, stale
+        self.path, self.every_s, self.stale, self.about = Path(path), every_s, stale, about or {}
         self.identity: str | None = None
         self._last = time.monotonic()
 
@@ -66,7 +69,7 @@ class Snapshots:
     def save(self, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**state, "identity": self.identity}, tmp)
+        torch.save({**state, "identity": self.identity, "about": self.about}, tmp)
         tmp.replace(self.path)
         self._last = time.monotonic()
 

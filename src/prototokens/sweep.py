@@ -309,7 +309,12 @@ class Sweep:
         ids = [t for _, t in payload]
         snaps = None
         if self.snapshot_every is not None and not distributed:
-            snaps = Snapshots(self.store.dir / "partial" / f"{key}.pt", self.snapshot_every, stale="discard")
+            about = {"method": cfg.method, "model": unit.model, "source": unit.source, "n": unit.n,
+                     "arrangement": unit.arrangement if cfg.method == "one-step" else "mem",
+                     "share_m": unit.share_m, "seed": unit.seed, "texts": [tid for tid, _ in payload],
+                     "max_steps": cfg.recipe_obj().max_steps}
+            snaps = Snapshots(self.store.dir / "partial" / f"{key}.pt", self.snapshot_every, stale="discard",
+                              about=about)
         if cfg.method == "one-step":
             from .engine import fit_token_ids
 
