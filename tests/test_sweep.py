@@ -339,6 +339,11 @@ def test_experiment_command_overrides_models_and_sources(tmp_path, capsys):
     assert main(["experiment", "table1", "--scale", "cpu", "--models", "tiny-random-qwen2", "--sources", "unseen",
                  "--steps", "2", "--share-m", "all", "1", "--run", str(shared), "--quiet"]) == 0
     assert {r["share_m"] for r in ResultStore(shared).rows()} == {0, 1}
+    fewer = tmp_path / "t1-fewer"
+    assert main(["experiment", "table1", "--scale", "cpu", "--models", "tiny-random-qwen2", "--sources", "unseen",
+                 "--steps", "2", "--texts", "1", "--run", str(fewer), "--quiet"]) == 0
+    first = {r["text_id"] for r in ResultStore(fewer).rows()}
+    assert len(first) == 1 and first < {r["text_id"] for r in rows}  # the first text of the larger run
     # a bad model or source is refused before a run directory is made
     for flag, value, message in (("--models", "gpt-17", "unknown model 'gpt-17'"),
                                  ("--sources", "pg19", "unknown text source(s) 'pg19'")):

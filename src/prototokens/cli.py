@@ -206,6 +206,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _grid_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", metavar="MODEL", help="override the config's models")
     p.add_argument("--sources", nargs="+", metavar="SOURCE", help="override the config's text sources")
+    p.add_argument("--texts", type=_positive, metavar="K",
+                   help="override the config's texts per source (the first K of a source do not depend on K)")
     p.add_argument("--share-m", nargs="+", type=_share, metavar="K|all",
                    help="override the config's m sharing: texts per group sharing one m (1: own m; all: one m)")
 
@@ -223,8 +225,8 @@ def _run_sweep(cfg, args: argparse.Namespace) -> int:
 
 
 def _with_overrides(cfg, args: argparse.Namespace):
-    """The config with the command line's --device, --dtype, --recipe, --steps, --models, --sources and
-    --share-m applied."""
+    """The config with the command line's --device, --dtype, --recipe, --steps, --models, --sources,
+    --texts and --share-m applied."""
     import dataclasses
 
     overrides = dict(cfg.overrides)  # the config's own settings (a step budget) apply to any recipe
@@ -232,7 +234,7 @@ def _with_overrides(cfg, args: argparse.Namespace):
         overrides["max_steps"] = args.steps
     changes = {"device": args.device, "dtype": args.dtype, "recipe": args.recipe,
                "models": tuple(args.models) if args.models else None,
-               "sources": tuple(args.sources) if args.sources else None,
+               "sources": tuple(args.sources) if args.sources else None, "texts": args.texts,
                "share_m": tuple(args.share_m) if args.share_m else None}
     cfg = dataclasses.replace(cfg, overrides=overrides, **{k: v for k, v in changes.items() if v})
     cfg.recipe_obj()  # fail early on a bad recipe or step count
