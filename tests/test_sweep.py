@@ -187,6 +187,22 @@ def test_kill_minus_9_loses_nothing_committed(tmp_path):
     assert len({r["key"] for r in store.rows()}) == 24
 
 
+
+def test_results_file_alone_holds_every_committed_row(tmp_path):
+    # a run killed mid-sweep leaves its WAL behind; a copy of results.sqlite alone must still have the rows
+    import shutil
+
+    from prototokens.store import Record
+
+    store = ResultStore(tmp_path / "run")
+    store.add([Record(key=f"k{i}", unit="u", experiment="x", method="one-step", model="m", source="s",
+                      text_id=f"t{i}", n=4, arrangement="e-m", share_e=1, share_m=1, seed=0, recipe="r",
+                      accuracy=1.0, c_tokens=4, steps=3, status="converged", h_lm_nats=None, seconds=0.1,
+                      fit_file="f") for i in range(3)])
+    (tmp_path / "copy").mkdir()
+    shutil.copy(store.path, tmp_path / "copy" / "results.sqlite")  # the connection is still open, as in a kill
+    assert ResultStore(tmp_path / "copy").count() == 3
+
 # a fixed number of steps (no early stop): trajectories are compared, not just outcomes
 SHARED = dict(share_m=[1, 0], inline=TEXTS + ["One more text here."], lengths=[6], arrangements=["e-m"],
               overrides={"lr": 0.1, "max_steps": 12, "stop_accuracy": 2.0})

@@ -108,6 +108,9 @@ class ResultStore:
         with self.db:  # one transaction
             self.db.executemany(
                 f"INSERT OR IGNORE INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
+        # Move the rows from the WAL into results.sqlite itself (SQLite only does so on its own past
+        # 1000 pages or at a clean close), so that a copy of that one file, made after a kill, has them.
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def rows(self, where: str = "1", params: tuple = ()) -> list[dict]:
         cur = self.db.execute(f"SELECT * FROM results WHERE {where} ORDER BY rowid", params)
