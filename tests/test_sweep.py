@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from prototokens import experiments
+from prototokens.data import load_texts
 from prototokens.errors import PrototokensError
 from prototokens.store import ResultStore
 from prototokens.sweep import Sweep, SweepConfig
@@ -187,7 +188,6 @@ def test_kill_minus_9_loses_nothing_committed(tmp_path):
     assert len({r["key"] for r in store.rows()}) == 24
 
 
-
 def test_results_file_alone_holds_every_committed_row(tmp_path):
     # a run killed mid-sweep leaves its WAL behind; a copy of results.sqlite alone must still have the rows
     import shutil
@@ -202,6 +202,7 @@ def test_results_file_alone_holds_every_committed_row(tmp_path):
     (tmp_path / "copy").mkdir()
     shutil.copy(store.path, tmp_path / "copy" / "results.sqlite")  # the connection is still open, as in a kill
     assert ResultStore(tmp_path / "copy").count() == 3
+
 
 # a fixed number of steps (no early stop): trajectories are compared, not just outcomes
 SHARED = dict(share_m=[1, 0], inline=TEXTS + ["One more text here."], lengths=[6], arrangements=["e-m"],
@@ -359,7 +360,7 @@ def test_experiment_command_overrides_models_and_sources(tmp_path, capsys):
     assert main(["experiment", "table1", "--scale", "cpu", "--models", "tiny-random-qwen2", "--sources", "unseen",
                  "--steps", "2", "--texts", "1", "--run", str(fewer), "--quiet"]) == 0
     first = {r["text_id"] for r in ResultStore(fewer).rows()}
-    assert len(first) == 1 and first < {r["text_id"] for r in rows}  # the first text of the larger run
+    assert first == {load_texts("unseen", 1)[0].id} and first < {r["text_id"] for r in rows}  # one of the larger run's
     # a bad model or source is refused before a run directory is made
     for flag, value, message in (("--models", "gpt-17", "unknown model 'gpt-17'"),
                                  ("--sources", "pg19", "unknown text source(s) 'pg19'")):
