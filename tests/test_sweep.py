@@ -360,7 +360,7 @@ def test_experiment_command_overrides_models_and_sources(tmp_path, capsys):
     assert main(["experiment", "table1", "--scale", "cpu", "--models", "tiny-random-qwen2", "--sources", "unseen",
                  "--steps", "2", "--texts", "1", "--run", str(fewer), "--quiet"]) == 0
     first = {r["text_id"] for r in ResultStore(fewer).rows()}
-    assert first == {load_texts("unseen", 1)[0].id} and first < {r["text_id"] for r in rows}  # one of the larger run's
+    assert first == {load_texts("unseen", 1)[0].id} and first < {r["text_id"] for r in rows}  # the source's first, as in the larger run
     # a bad model or source is refused before a run directory is made
     for flag, value, message in (("--models", "gpt-17", "unknown model 'gpt-17'"),
                                  ("--sources", "pg19", "unknown text source(s) 'pg19'")):
