@@ -64,3 +64,64 @@ def test_recipe_ablation_variant_cosine_5000_is_the_named_recipe_whatever_the_bu
     for budget in (300, 2000, 5000):
         variant = pt.get_recipe("paper", max_steps=budget, **changes).replace(name=named.name)
         assert arrangement == "e-m" and variant == named.replace(max_steps=budget)
+
+
+def long_fit(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "experiments" / "long_fit.py"), "--model", "tiny-random-llama",
+           "--device", "cpu", "--tokens", "6", "--every", "0", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_long_fit_resumes_a_killed_fit_step_for_step(tmp_path, monkeypatch):
+    whole = tmp_path / "whole.json"
+    res = long_fit("--steps", "8", "--set", "lr=0.05", "init_scale=1", "--json", str(whole))
+    assert res.returncode == 0, res.stderr
+    ref = json.loads(whole.read_text())
+    assert ref["recipe"]["lr"] == 0.05 and ref["recipe"]["max_steps"] == 8
+    assert [p["step"] for p in ref["trajectory"]] == list(range(1, 9))
+    assert ref["result"]["steps"] <= 8 and not (tmp_path / "whole.json.pt").exists()
+
+    # the same fit, killed after its 3rd snapshot (in process), then rerun as a command
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("long_fit", ROOT / "experiments" / "long_fit.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    save = mod.TrajectorySnapshots.save
+
+    def save_then_die(self, state):
+        save(self, state)
+        if len(self.out["trajectory"]) == 3:
+            raise KeyboardInterrupt
+
+    part = tmp_path / "part.json"
+    monkeypatch.setattr(mod.TrajectorySnapshots, "save", save_then_die)
+    monkeypatch.setattr(sys, "argv", ["long_fit.py", "--model", "tiny-random-llama", "--device", "cpu", "--tokens",
+                                      "6", "--every", "0", "--steps", "8", "--set", "lr=0.05", "init_scale=1",
+                                      "--json", str(part)])
+    try:
+        mod.main()
+        raise AssertionError("the fit was not interrupted")
+    except KeyboardInterrupt:
+        pass
+    assert (tmp_path / "part.json.pt").exists() and json.loads(part.read_text())["result"] is None
+    res = long_fit("--steps", "8", "--set", "lr=0.05", "init_scale=1", "--json", str(part))
+    assert res.returncode == 0, res.stderr
+    got = json.loads(part.read_text())
+    strip = [{k: v for k, v in p.items() if k != "seconds"} for p in ref["trajectory"]]
+    assert [{k: v for k, v in p.items() if k != "seconds"} for p in got["trajectory"]] == strip
+    assert {k: v for k, v in got["result"].items() if k != "seconds"} == \
+        {k: v for k, v in ref["result"].items() if k != "seconds"}
+
+    again = long_fit("--steps", "8", "--set", "lr=0.05", "init_scale=1", "--json", str(part))  # done: not refitted
+    assert again.returncode == 0 and json.loads(again.stdout) == got["result"]
+    other = long_fit("--steps", "8", "--set", "lr=0.1", "init_scale=1", "--json", str(part))
+    assert other.returncode != 0 and "other settings (recipe)" in other.stderr
+    assert json.loads(part.read_text()) == got
+
+
+def test_long_fit_rejects_bad_input_in_one_line(tmp_path):
+    for args in (["--set", "lr"], ["--set", "bogus=1"], ["--model", "no-such-model"]):
+        res = long_fit("--steps", "1", *args, "--json", str(tmp_path / "x.json"))
+        assert res.returncode != 0 and res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0
+        assert not (tmp_path / "x.json").exists()
