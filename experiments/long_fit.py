@@ -1,11 +1,12 @@
 """One long fit of one Gutenberg passage, with its trajectory: the best number of correct tokens
-over the steps, saved as it goes (docs/recipe.md, issue #6).
+over the steps and the norms of `e` and `m`, saved as it goes (docs/recipe.md, issue #6).
 
 It is the probe for a single length the capacity search failed at: the same text (the first N
 tokens of Gutenberg passage --text, as `prototokens experiment capacity` takes them), seed 0 and
 arrangement `[e][m]x(N-1)`, under a named recipe with fields changed by --set. The fit resumes
 from its snapshot (JSON path + ".pt") after a kill, step for step, so a fit longer than a session
-can be run in pieces; the trajectory gains a point at every snapshot (--every seconds).
+can be run in pieces; the trajectory gains a point at every snapshot (--every seconds). The
+fitted vectors (the best state) are saved beside the JSON, as .safetensors.
 
     python experiments/long_fit.py --model gemma3-270m --tokens 181 --recipe recommended-cosine \
         --set lr=0.1 --json docs/results/recipe/long_gemma_n181_lr0.1.json
@@ -44,8 +45,8 @@ def parse_set(items: list[str]) -> dict:
 
 
 class TrajectorySnapshots(Snapshots):
-    """Snapshots that also add a point (step, best correct tokens, its step, seconds) to `out` and write
-    it to `path` at every save."""
+    """Snapshots that also add a point (step, best correct tokens, its step, seconds, the current norms of
+    `e` and `m`) to `out` and write it to `json_path` at every save."""
 
     def __init__(self, out: dict, json_path: str, every_s: float):
         super().__init__(json_path + ".pt", every_s, stale="error")
@@ -57,7 +58,8 @@ class TrajectorySnapshots(Snapshots):
         if run is not None:
             t = run["tensors"]
             self.out["trajectory"].append({"step": int(run["next_step"]), "best_correct": int(t["best_correct"].sum()),
-                                           "best_step": int(t["best_step"].max()), "seconds": round(state["seconds"], 1)})
+                                           "best_step": int(t["best_step"].max()), "seconds": round(state["seconds"], 1),
+                                           "e_norm": round(float(run["E"].norm()), 1), "m_norm": round(float(run["M"].norm()), 1)})
             write(self.out, self.json_path)
 
 
@@ -116,8 +118,11 @@ def main() -> None:
         fit = pt.fit_token_ids(lm, [ids], recipe=recipe, arrangement=args.arrangement, snapshots=snaps)
     except pt.PrototokensError as e:
         sys.exit(f"error: {e}")
+    fit_file = os.path.splitext(args.json)[0] + ".safetensors"
+    fit.save(fit_file)
     row = fit.rows[0]
-    out["result"] = {"accuracy": row.accuracy, "correct": sum(row.correct), "steps": row.steps,
+    out["result"] = {"fit_file": os.path.basename(fit_file), "e_norm": round(float(fit.e.norm()), 1),
+                     "m_norm": round(float(fit.m.norm()), 1), "accuracy": row.accuracy, "correct": sum(row.correct), "steps": row.steps,
                      "status": row.status, "first_token_right": bool(row.correct[0]), "seconds": round(fit.seconds, 1)}
     write(out, args.json)
     print(json.dumps(out["result"]))

@@ -335,6 +335,27 @@ def test_recommended_cosine_is_the_constant_rate_recipe_decayed_over_5000_steps(
     assert [short.lr_at(s) for s in range(300)] == [cos.lr_at(s) for s in range(300)]
 
 
+def test_recommended_cosine_nowd_is_recommended_cosine_without_weight_decay():
+    cos, nowd = pt.get_recipe("recommended-cosine"), pt.get_recipe("recommended-cosine-nowd")
+    assert cos.weight_decay == 0.01 and nowd == cos.replace(name="recommended-cosine-nowd", weight_decay=0.0)
+    assert pt.recipes.same_recipe_as(nowd.to_dict()) == "recommended-cosine-nowd"
+
+
+def test_weight_decay_reaches_the_optimiser(llama, monkeypatch):
+    seen = []
+    adamw = torch.optim.AdamW
+
+    class Spy(adamw):
+        def __init__(self, params, **kw):
+            seen.append(kw["weight_decay"])
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Spy)
+    for name in ("recommended-cosine", "recommended-cosine-nowd"):
+        pt.fit_token_ids(llama, [llama.encode("decay")], recipe=pt.get_recipe(name, max_steps=2))
+    assert seen == [0.01, 0.0]
+
+
 def test_decay_steps_fixes_the_schedule_whatever_the_budget():
     r = pt.Recipe(lr=1.0, max_steps=1000, schedule="linear", decay_steps=100)
     assert r.lr_at(50) == pytest.approx(0.5) and r.lr_at(100) == 0.0 and r.lr_at(999) == 0.0

@@ -80,6 +80,8 @@ def test_long_fit_resumes_a_killed_fit_step_for_step(tmp_path, monkeypatch):
     assert ref["recipe"]["lr"] == 0.05 and ref["recipe"]["max_steps"] == 8
     assert [p["step"] for p in ref["trajectory"]] == list(range(1, 9))
     assert ref["result"]["steps"] <= 8 and not (tmp_path / "whole.json.pt").exists()
+    assert ref["result"]["fit_file"] == "whole.safetensors" and (tmp_path / "whole.safetensors").exists()
+    assert all(p["e_norm"] > 0 and p["m_norm"] > 0 for p in ref["trajectory"])
 
     # the same fit, killed after its 3rd snapshot (in process), then rerun as a command
     import importlib.util
@@ -110,8 +112,8 @@ def test_long_fit_resumes_a_killed_fit_step_for_step(tmp_path, monkeypatch):
     got = json.loads(part.read_text())
     strip = [{k: v for k, v in p.items() if k != "seconds"} for p in ref["trajectory"]]
     assert [{k: v for k, v in p.items() if k != "seconds"} for p in got["trajectory"]] == strip
-    assert {k: v for k, v in got["result"].items() if k != "seconds"} == \
-        {k: v for k, v in ref["result"].items() if k != "seconds"}
+    assert {k: v for k, v in got["result"].items() if k not in ("seconds", "fit_file")} == \
+        {k: v for k, v in ref["result"].items() if k not in ("seconds", "fit_file")}
 
     again = long_fit("--steps", "8", "--set", "lr=0.05", "init_scale=1", "--json", str(part))  # done: not refitted
     assert again.returncode == 0 and json.loads(again.stdout) == got["result"]
