@@ -127,3 +127,17 @@ def test_long_fit_rejects_bad_input_in_one_line(tmp_path):
         res = long_fit("--steps", "1", *args, "--json", str(tmp_path / "x.json"))
         assert res.returncode != 0 and res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0
         assert not (tmp_path / "x.json").exists()
+
+
+def test_recipe_ablation_variant_without_weight_decay_is_the_named_recipe():
+    import importlib.util
+
+    import prototokens as pt
+
+    spec = importlib.util.spec_from_file_location("recipe_ablation", ROOT / "experiments" / "recipe_ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    arrangement, changes = mod.VARIANTS["init x30, lr 0.3, focal 2, cosine 5000, no weight decay"]
+    named = pt.get_recipe("recommended-cosine-nowd")
+    variant = pt.get_recipe("paper", **changes).replace(name=named.name)
+    assert arrangement == "e-m" and variant == named
