@@ -1,11 +1,22 @@
 """The rerunnable experiment scripts under experiments/ (run as a user would, on a tiny model)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import prototokens as pt
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def script_module(name: str):
+    """experiments/NAME.py imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def ablation(*args: str) -> subprocess.CompletedProcess:
@@ -52,13 +63,7 @@ def test_recipe_ablation_rejects_an_unknown_model_in_one_line(tmp_path):
 
 def test_recipe_ablation_variant_cosine_5000_is_the_named_recipe_whatever_the_budget():
     # docs/recipe.md reports this variant's shorter-budget runs as `recommended-cosine`
-    import importlib.util
-
-    import prototokens as pt
-
-    spec = importlib.util.spec_from_file_location("recipe_ablation", ROOT / "experiments" / "recipe_ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = script_module("recipe_ablation")
     arrangement, changes = mod.VARIANTS["init x30, lr 0.3, focal 2, cosine 5000"]
     named = pt.get_recipe("recommended-cosine")
     for budget in (300, 2000, 5000):
@@ -84,11 +89,7 @@ def test_long_fit_resumes_a_killed_fit_step_for_step(tmp_path, monkeypatch):
     assert all(p["e_norm"] > 0 and p["m_norm"] > 0 for p in ref["trajectory"])
 
     # the same fit, killed after its 3rd snapshot (in process), then rerun as a command
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("long_fit", ROOT / "experiments" / "long_fit.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = script_module("long_fit")
     save = mod.TrajectorySnapshots.save
 
     def save_then_die(self, state):
@@ -130,13 +131,7 @@ def test_long_fit_rejects_bad_input_in_one_line(tmp_path):
 
 
 def test_recipe_ablation_variant_without_weight_decay_is_the_named_recipe():
-    import importlib.util
-
-    import prototokens as pt
-
-    spec = importlib.util.spec_from_file_location("recipe_ablation", ROOT / "experiments" / "recipe_ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = script_module("recipe_ablation")
     arrangement, changes = mod.VARIANTS["init x30, lr 0.3, focal 2, cosine 5000, no weight decay"]
     named = pt.get_recipe("recommended-cosine-nowd")
     variant = pt.get_recipe("paper", **changes).replace(name=named.name)
