@@ -379,7 +379,8 @@ def test_lr_schedules():
                                  dict(focal_gamma=-1.0), dict(plateau_after=0), dict(plateau_factor=0.0),
                                  dict(plateau_factor=1.5), dict(plateau_min=-0.1), dict(plateau_min=2.0),
                                  dict(plateau_cycle=0, plateau_after=5), dict(plateau_cycle=3),
-                                 dict(warmup_steps=-1), dict(decay_steps=0), dict(warmup_steps=10, decay_steps=10)])
+                                 dict(warmup_steps=-1), dict(decay_steps=0), dict(warmup_steps=10, decay_steps=10),
+                                 dict(bogus=1), dict(lr="fast")])
 def test_bad_recipe_values(bad):
     with pytest.raises(pt.PrototokensError):
         pt.get_recipe("paper", **bad)

@@ -71,9 +71,11 @@ def test_recipe_ablation_variant_cosine_5000_is_the_named_recipe_whatever_the_bu
         assert arrangement == "e-m" and variant == named.replace(max_steps=budget)
 
 
+LONG_FIT = ["--model", "tiny-random-llama", "--device", "cpu", "--tokens", "6", "--every", "0"]
+
+
 def long_fit(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "experiments" / "long_fit.py"), "--model", "tiny-random-llama",
-           "--device", "cpu", "--tokens", "6", "--every", "0", *args]
+    cmd = [sys.executable, str(ROOT / "experiments" / "long_fit.py"), *LONG_FIT, *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
@@ -99,8 +101,7 @@ def test_long_fit_resumes_a_killed_fit_step_for_step(tmp_path, monkeypatch):
 
     part = tmp_path / "part.json"
     monkeypatch.setattr(mod.TrajectorySnapshots, "save", save_then_die)
-    monkeypatch.setattr(sys, "argv", ["long_fit.py", "--model", "tiny-random-llama", "--device", "cpu", "--tokens",
-                                      "6", "--every", "0", "--steps", "8", "--set", "lr=0.05", "init_scale=1",
+    monkeypatch.setattr(sys, "argv", ["long_fit.py", *LONG_FIT, "--steps", "8", "--set", "lr=0.05", "init_scale=1",
                                       "--json", str(part)])
     try:
         mod.main()
@@ -124,7 +125,7 @@ def test_long_fit_resumes_a_killed_fit_step_for_step(tmp_path, monkeypatch):
 
 
 def test_long_fit_rejects_bad_input_in_one_line(tmp_path):
-    for args in (["--set", "lr"], ["--set", "bogus=1"], ["--model", "no-such-model"]):
+    for args in (["--set", "lr"], ["--set", "bogus=1"], ["--set", "lr=fast"], ["--model", "no-such-model"]):
         res = long_fit("--steps", "1", *args, "--json", str(tmp_path / "x.json"))
         assert res.returncode != 0 and res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0
         assert not (tmp_path / "x.json").exists()

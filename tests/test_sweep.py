@@ -129,6 +129,11 @@ def test_bad_configs(bad, message):
         tiny_config(**bad)
 
 
+def test_an_unknown_recipe_override_is_a_clear_error(tmp_path):
+    with pytest.raises(PrototokensError, match="unknown recipe field.*bogus"):
+        Sweep(tiny_config(overrides={"bogus": 1}), tmp_path / "run").run(progress=False)
+
+
 def test_toml_errors(tmp_path):
     with pytest.raises(PrototokensError, match="no such config"):
         SweepConfig.from_toml(tmp_path / "none.toml")

@@ -126,7 +126,15 @@ class Recipe:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * mult)
 
     def replace(self, **changes) -> Recipe:
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes`; an unknown field or a value of the wrong type is a PrototokensError."""
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = [k for k in changes if k not in known]
+        if unknown:
+            raise PrototokensError(f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        try:
+            return dataclasses.replace(self, **changes)
+        except TypeError as e:  # e.g. lr = "fast": the checks in __post_init__ compare it with numbers
+            raise PrototokensError(f"a recipe field has a value of the wrong type ({e})") from None
 
     def to_dict(self) -> dict:
         """The fields as JSON values; fields added after results were first stored are left out at
@@ -150,6 +158,7 @@ class Recipe:
 # The former default: the best of the N = 32 ablations (4/4 Gutenberg texts exact on SmolLM2-135M,
 # median 188.5 steps), capacity 32-45 tokens per text where `paper` reaches 0-5 (docs/recipe.md).
 _CONSTANT = Recipe(name="recommended-constant", init_scale=30.0, lr=0.3, focal_gamma=2.0)
+_COSINE = _CONSTANT.replace(name="recommended-cosine", schedule="cosine", warmup_steps=10, decay_steps=5000)
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(),
@@ -168,14 +177,12 @@ RECIPES: dict[str, Recipe] = {
     # `recommended` fits 3/4, 3-4x more slowly; with one `m` shared by 4 texts at N = 32 it fitted 1/4 in
     # 2000 steps where `recommended` fits 4/4 by step 562 (docs/recipe.md). Short fits see an almost
     # constant rate.
-    "recommended-cosine": _CONSTANT.replace(name="recommended-cosine", schedule="cosine", warmup_steps=10,
-                                            decay_steps=5000),
+    "recommended-cosine": _COSINE,
     # A candidate (docs/recipe.md, "Weight decay"): `recommended-cosine` without AdamW's weight decay. At
     # lr 0.3 the paper's decay of 0.01 shrinks the vectors by 0.3% a step, from the x30 init's norm of
     # about 760 (Gemma-3-270M) to 30-50 in every fit of 45 tokens or more; without it Gemma fitted a
     # text at N = 45 in 659 steps instead of 2200.
-    "recommended-cosine-nowd": _CONSTANT.replace(name="recommended-cosine-nowd", schedule="cosine",
-                                                 warmup_steps=10, decay_steps=5000, weight_decay=0.0),
+    "recommended-cosine-nowd": _COSINE.replace(name="recommended-cosine-nowd", weight_decay=0.0),
     # Provisional (docs/recipe.md): a 10x larger init keeps position 0 out of the model's attention-
     # sink regime, where its output hardly depends on the input and the first token is never learnt.
     "large-init": Recipe(name="large-init", init_scale=10.0, lr=0.1),
