@@ -33,6 +33,18 @@ def test_round_trip_keeps_vectors_and_header(fitted, tmp_path):
     assert pt.decode_text(lm, back, 0) == "Hi there!"
 
 
+def test_saved_file_honours_the_umask(fitted, tmp_path):
+    import os
+
+    _, fit = fitted
+    old = os.umask(0o022)
+    try:
+        path = fit.save(tmp_path / "f.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # safetensors alone writes 0600
+
+
 def test_header_is_plain_json_in_safetensors_metadata(fitted, tmp_path):
     from safetensors import safe_open
 

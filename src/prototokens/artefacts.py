@@ -9,6 +9,7 @@ steps, status, library version).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,8 +38,15 @@ def write_artefact(path: str | Path, tensors: dict[str, torch.Tensor], header: d
         raise PrototokensError(f"output directory does not exist: {path.parent}")
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"prototokens": json.dumps(header)})
+    tmp.chmod(0o666 & ~_umask())  # safetensors creates 0600 files; honour the umask like open() does
     tmp.replace(path)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @dataclass
