@@ -9,13 +9,12 @@ steps, status, library version).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from . import __version__
 from .errors import PrototokensError
@@ -37,16 +36,10 @@ def write_artefact(path: str | Path, tensors: dict[str, torch.Tensor], header: d
     if path.parent and not path.parent.exists():
         raise PrototokensError(f"output directory does not exist: {path.parent}")
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"prototokens": json.dumps(header)})
-    tmp.chmod(0o666 & ~_umask())  # safetensors creates 0600 files; honour the umask like open() does
+    # written through open(), which honours the umask; safetensors' own save_file creates 0600 files
+    tmp.write_bytes(safetensors_bytes(tensors, metadata={"prototokens": json.dumps(header)}))
     tmp.replace(path)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @dataclass
