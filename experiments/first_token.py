@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
 import prototokens as pt
+from prototokens.files import write_json
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -80,8 +80,7 @@ def main() -> None:
                                 "seconds_batch": secs})
             print(f"| {name} | {i} | {r.n_tokens} | {r.accuracy:.3f} | {r.steps} | {r.status} | `{bits}` |", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

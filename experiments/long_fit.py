@@ -23,6 +23,7 @@ import sys
 
 import prototokens as pt
 from prototokens import data
+from prototokens.files import write_json
 from prototokens.recipes import get_recipe
 from prototokens.snapshots import Snapshots
 
@@ -59,14 +60,7 @@ class TrajectorySnapshots(Snapshots):
             self.out["trajectory"].append({"step": int(run["next_step"]), "best_correct": int(t["best_correct"].sum()),
                                            "best_step": int(t["best_step"].max()), "seconds": round(state["seconds"], 1),
                                            "e_norm": round(float(run["E"].norm()), 1), "m_norm": round(float(run["M"].norm()), 1)})
-            write(self.out, self.json_path)
-
-
-def write(out: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, path)
+            write_json(self.json_path, self.out)
 
 
 def main() -> None:
@@ -119,7 +113,7 @@ def main() -> None:
     out["result"] = {"fit_file": os.path.basename(fit_file), "e_norm": round(float(fit.e.norm()), 1),
                      "m_norm": round(float(fit.m.norm()), 1), "accuracy": row.accuracy, "correct": sum(row.correct), "steps": row.steps,
                      "status": row.status, "first_token_right": bool(row.correct[0]), "seconds": round(fit.seconds, 1)}
-    write(out, args.json)
+    write_json(args.json, out)
     print(json.dumps(out["result"]))
 
 

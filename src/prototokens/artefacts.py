@@ -18,6 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from . import __version__
 from .errors import PrototokensError
+from .files import write_atomic
 
 FORMAT = "prototokens/1"
 
@@ -35,11 +36,8 @@ def write_artefact(path: str | Path, tensors: dict[str, torch.Tensor], header: d
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise PrototokensError(f"output directory does not exist: {path.parent}")
-    tmp = path.with_name(path.name + ".tmp")
-    # written through open(), which honours the umask; safetensors' own save_file creates 0600 files
-    tmp.write_bytes(safetensors_bytes(tensors, metadata={"prototokens": json.dumps(header)}))
-    tmp.replace(path)
-    return path
+    # safetensors' own save_file creates 0600 files; write_atomic goes through open(), which honours the umask
+    return write_atomic(path, safetensors_bytes(tensors, metadata={"prototokens": json.dumps(header)}))
 
 
 @dataclass

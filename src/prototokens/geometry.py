@@ -45,6 +45,7 @@ from .artefacts import ProtoTokens  # noqa: E402
 from .baseline import greedy_decode_batch  # noqa: E402
 from .engine import assemble_inputs, chunked_token_losses, fit_token_ids, forward_hidden, init_vectors  # noqa: E402
 from .errors import PrototokensError  # noqa: E402
+from .files import write_json  # noqa: E402
 from .loading import FrozenLM, check_model, load_model  # noqa: E402
 from .recipes import Recipe, get_recipe  # noqa: E402
 
@@ -129,9 +130,7 @@ def _hash_seed(*parts) -> int:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=1))
-    tmp.replace(path)
+    write_json(path, _jsonable(obj))
 
 
 def _jsonable(x):

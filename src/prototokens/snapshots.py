@@ -9,6 +9,7 @@ seconds, after a stop check; it is deleted once the fit has returned.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import PrototokensError
+from .files import write_atomic
 
 STALE = ("error", "discard")
 
@@ -68,9 +70,9 @@ class Snapshots:
 
     def save(self, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**state, "identity": self.identity, "about": self.about}, tmp)
-        tmp.replace(self.path)
+        buf = io.BytesIO()
+        torch.save({**state, "identity": self.identity, "about": self.about}, buf)
+        write_atomic(self.path, buf.getvalue())
         self._last = time.monotonic()
 
     def clear(self) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import PrototokensError
+from .files import write_json
 from .recipes import DEFAULT_RECIPE, RECIPES, get_recipe, same_recipe_as
 from .store import Record, ResultStore
 
@@ -206,10 +207,7 @@ class Sweep:
                     + (f" (now named {now!r})" if now else "") + ", which has changed since; use another run dir "
                     "(its results stay readable by `prototokens report`)")
         elif _dist()[0] == 0:
-            tmp = path.with_suffix(".tmp")
-            fields = self.cfg.recipe_obj().to_dict()
-            tmp.write_text(json.dumps({**mine, "recipe_fields": fields}, sort_keys=True, indent=1))
-            tmp.replace(path)
+            write_json(path, {**mine, "recipe_fields": self.cfg.recipe_obj().to_dict()}, sort_keys=True)
 
     def run(self, progress: bool = True) -> dict:
         """Fit every unit not yet in the store (this rank's share); return counts."""
