@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from . import bundled, tiny
 from .errors import PrototokensError
+from .files import write_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -277,5 +278,5 @@ def _store_checks(name: str, fp: str) -> None:
     """Remember a bundled model's fingerprint and causality, so later loads skip both (under a second)."""
     stamp = _weights_stamp(name)
     if stamp is not None:
-        (bundled.model_dir(name) / "checks.json").write_text(json.dumps({"stamp": stamp, "fingerprint": fp,
-                                                                        "causal": True}))
+        write_json(bundled.model_dir(name) / "checks.json", {"stamp": stamp, "fingerprint": fp, "causal": True},
+                   indent=None)

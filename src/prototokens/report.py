@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .arrangements import get_arrangement  # noqa: E402
 from .errors import PrototokensError  # noqa: E402
+from .files import write_atomic  # noqa: E402
 from .store import ResultStore  # noqa: E402
 from .sweep import SweepConfig, recipe_redefined, run_recipe_fields  # noqa: E402
 
@@ -389,6 +390,4 @@ def write_report(root: str | Path) -> Path:
     flight = section_in_flight(root)
     if flight:
         parts.append(flight)
-    out = root / "report.md"
-    out.write_text("\n".join(parts))
-    return out
+    return write_atomic(root / "report.md", "\n".join(parts))
