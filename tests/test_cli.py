@@ -88,8 +88,22 @@ def test_decode_prints_the_text(capsys, fitted):
     assert code == 0 and out == "Hi there!\n"
     code, out, _ = run(capsys, "decode", str(fitted), "--device", "cpu", "--json")
     d = json.loads(out)
-    assert d["text"] == "Hi there!" and d["exact"] is True
+    assert d["text"] == "Hi there!" and d["exact"] is True and d["wrong_positions"] == []
     assert d["token_ids"] == list(b"Hi there!") or len(d["token_ids"]) == 9
+
+
+def test_decode_names_the_wrong_positions(capsys, tmp_path):
+    path = tmp_path / "short.safetensors"
+    argv = [a if a != "300" else "2" for a in TINY]  # two steps: far from exact
+    assert main(["fit", "--text", "Hi there!", *argv, "--out", str(path)]) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, "decode", str(path), "--device", "cpu", "--json")
+    d = json.loads(out)
+    code2, out2, _ = run(capsys, "eval", str(path), "--device", "cpu", "--json")
+    e = json.loads(out2)
+    assert code == code2 == 0 and d["exact"] is False and d["wrong_positions"]
+    assert len(d["wrong_positions"]) == e["n_tokens"] - e["c_tokens"]
+    assert all(0 <= i < e["n_tokens"] for i in d["wrong_positions"])
 
 
 def test_eval_reports_metrics(capsys, fitted):

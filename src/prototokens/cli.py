@@ -141,7 +141,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     secs = time.perf_counter() - t
     text = lm.decode(ids)
     target = fit.rows[row].token_ids
-    _emit(args, {"text": text, "token_ids": ids, "row": row, "exact": ids == target, "seconds": secs}, text)
+    wrong = [i for i, (a, b) in enumerate(zip(ids, target, strict=True)) if a != b]
+    _emit(args, {"text": text, "token_ids": ids, "row": row, "exact": not wrong, "wrong_positions": wrong,
+                 "seconds": secs}, text)
     return 0
 
 
