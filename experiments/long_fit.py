@@ -6,7 +6,8 @@ tokens of Gutenberg passage --text, as `prototokens experiment capacity` takes t
 arrangement `[e][m]x(N-1)`, under a named recipe with fields changed by --set. The fit resumes
 from its snapshot (JSON path + ".pt") after a kill, step for step, so a fit longer than a session
 can be run in pieces; the trajectory gains a point at every snapshot (--every seconds). The
-fitted vectors (the best state) are saved beside the JSON, as .safetensors.
+fitted vectors (the best state) are saved beside the JSON, as .safetensors. --init-from starts
+from such a file instead of the recipe's initialisation: a second phase under another recipe.
 
     python experiments/long_fit.py --model gemma3-270m --tokens 181 --recipe recommended-cosine \
         --set lr=0.1 --json docs/results/recipe/long_gemma_n181_lr0.1.json
@@ -27,7 +28,7 @@ from prototokens.files import write_json
 from prototokens.recipes import get_recipe
 from prototokens.snapshots import Snapshots
 
-SETTINGS = ("model", "dtype", "tokens", "text", "text_id", "recipe", "arrangement")
+SETTINGS = ("model", "dtype", "tokens", "text", "text_id", "recipe", "arrangement", "init_from")
 
 
 def parse_set(items: list[str]) -> dict:
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe fields to change, e.g. lr=0.1")
     ap.add_argument("--steps", type=int, help="step budget (the recipe's max_steps unless given)")
     ap.add_argument("--arrangement", default="e-m")
+    ap.add_argument("--init-from", metavar="FILE",
+                    help="start from the vectors of a saved fit (e.g. a long fit's .safetensors): a second phase")
     ap.add_argument("--every", type=float, default=60.0, help="seconds between snapshots (trajectory points)")
     ap.add_argument("--json", required=True, help="results and trajectory; its snapshot is this path + '.pt'")
     args = ap.parse_args()
@@ -85,11 +88,12 @@ def main() -> None:
         lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
         text = data.load_texts("gutenberg", args.text + 1, 0)[args.text]
         ids = data.prefix_tokens(lm, text.text, args.tokens)
+        start = pt.ProtoTokens.load(args.init_from) if args.init_from else None
     except pt.PrototokensError as e:
         sys.exit(f"error: {e}")
     out = {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype), "tokens": args.tokens,
            "text": args.text, "text_id": text.id, "recipe": recipe.to_dict(), "arrangement": args.arrangement,
-           "trajectory": [], "result": None}
+           "init_from": os.path.basename(args.init_from) if args.init_from else None, "trajectory": [], "result": None}
     if os.path.isfile(args.json):
         with open(args.json) as f:
             old = json.load(f)
@@ -104,7 +108,8 @@ def main() -> None:
           f"{args.recipe} {changes or ''}, budget {recipe.max_steps} steps", flush=True)
     snaps = TrajectorySnapshots(out, args.json, args.every)
     try:
-        fit = pt.fit_token_ids(lm, [ids], recipe=recipe, arrangement=args.arrangement, snapshots=snaps)
+        fit = pt.fit_token_ids(lm, [ids], recipe=recipe, arrangement=args.arrangement, snapshots=snaps,
+                               init_from=start)
     except pt.PrototokensError as e:
         sys.exit(f"error: {e}")
     fit_file = os.path.splitext(args.json)[0] + ".safetensors"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import prototokens as pt
 from prototokens.cli import main
@@ -81,6 +82,19 @@ def test_fit_from_file(capsys, tmp_path):
     src.write_text("From a file\n")
     code, out, _ = run(capsys, "fit", "--file", str(src), *TINY, "--out", str(tmp_path / "f.safetensors"), "--json")
     assert code == 0 and json.loads(out)["n_tokens"] == len("From a file")
+
+
+def test_fit_starts_from_a_saved_fit(capsys, tmp_path, fitted):
+    out = tmp_path / "again.safetensors"
+    argv = ["fit", "--text", "Hi there!", *TINY, "--out", str(out), "--json"]
+    code, printed, _ = run(capsys, *argv, "--seeds", "2", "--init-from", str(fitted))
+    assert code == 0 and [r["steps"] for r in json.loads(printed)["rows"]] == [0, 0]  # exact from the start
+    assert torch.equal(pt.ProtoTokens.load(out).e, pt.ProtoTokens.load(fitted).e)
+    for extra, message in ((["--init-from", str(fitted)], "needs 1 e and 1 m"),
+                           (["--init-from", str(tmp_path / "none.safetensors")], "no such file"),
+                           (["--init-from", str(fitted), "--seeds", "2", "--model", "tiny-random-qwen2"], "fitted on")):
+        code, _, err = run(capsys, *argv, *extra)
+        assert code == 2 and message in err and err.count("\n") == 1
 
 
 def test_decode_prints_the_text(capsys, fitted):

@@ -87,6 +87,30 @@ def test_fitting_is_deterministic(llama):
     assert [r.correct for r in a.rows] == [r.correct for r in b.rows]
 
 
+def test_a_warm_start_begins_at_the_saved_vectors(llama):
+    text = "Hello there, a text"
+    first = pt.fit(llama, [text], recipe=TINY_RECIPE.replace(max_steps=6, stop_accuracy=2.0))
+    assert 0 < first.rows[0].accuracy < 1
+    # a rate too small to change any token: the best state is the starting one, found at step 0
+    still = pt.fit(llama, [text], recipe=TINY_RECIPE.replace(lr=1e-12, max_steps=3), init_from=first)
+    assert torch.equal(still.e, first.e) and torch.equal(still.m, first.m)
+    assert still.rows[0].correct == first.rows[0].correct and still.rows[0].steps == 0
+    cold = pt.fit(llama, [text], recipe=TINY_RECIPE.replace(lr=1e-12, max_steps=3))
+    assert not torch.equal(cold.e, first.e)
+    # a second phase goes on from there and never ends below its start
+    second = pt.fit(llama, [text], recipe=TINY_RECIPE.replace(max_steps=300), init_from=first)
+    assert second.rows[0].accuracy == 1.0
+
+
+def test_a_warm_start_needs_the_same_model_and_vector_counts(llama):
+    first = pt.fit(llama, ["Hi there"], recipe=TINY_RECIPE.replace(max_steps=2))
+    with pytest.raises(pt.PrototokensError, match="needs 2 e and 2 m"):
+        pt.fit(llama, ["Hi there"], seeds=2, recipe=TINY_RECIPE, init_from=first)
+    other = pt.load_model("tiny-random-qwen2", device="cpu", dtype="fp32")
+    with pytest.raises(pt.PrototokensError, match="fitted on 'tiny-random-llama'"):
+        pt.fit(other, ["Hi there"], recipe=TINY_RECIPE, init_from=first)
+
+
 def test_a_row_fits_the_same_alone_or_in_a_batch(llama):
     rec = TINY_RECIPE.replace(max_steps=15, stop_accuracy=2.0)  # never stop early: compare trajectories
     alone = pt.fit(llama, ["Hello there"], seeds=[3], recipe=rec)

@@ -124,6 +124,24 @@ def test_long_fit_resumes_a_killed_fit_step_for_step(tmp_path, monkeypatch):
     assert json.loads(part.read_text()) == got
 
 
+def test_long_fit_second_phase_starts_from_a_saved_fit(tmp_path):
+    first = tmp_path / "first.json"
+    assert long_fit("--steps", "3", "--set", "lr=0.05", "init_scale=1", "--json", str(first)).returncode == 0
+    done = json.loads(first.read_text())["result"]
+    assert done["accuracy"] < 1
+    second = tmp_path / "second.json"
+    res = long_fit("--steps", "200", "--set", "lr=0.05", "--init-from", str(tmp_path / "first.safetensors"),
+                   "--json", str(second))
+    assert res.returncode == 0, res.stderr
+    got = json.loads(second.read_text())
+    assert got["init_from"] == "first.safetensors" and got["trajectory"][0]["best_correct"] >= done["correct"]
+    assert got["result"]["correct"] > done["correct"]
+    # the first phase's JSON holds a cold start: not to be mixed with a second phase
+    res = long_fit("--steps", "3", "--set", "lr=0.05", "init_scale=1", "--init-from",
+                   str(tmp_path / "first.safetensors"), "--json", str(first))
+    assert res.returncode != 0 and "other settings (init_from)" in res.stderr
+
+
 def test_long_fit_rejects_bad_input_in_one_line(tmp_path):
     for args in (["--set", "lr"], ["--set", "bogus=1"], ["--set", "lr=fast"], ["--model", "no-such-model"]):
         res = long_fit("--steps", "1", *args, "--json", str(tmp_path / "x.json"))

@@ -71,6 +71,25 @@ def test_the_snapshot_of_another_fit_is_refused_or_discarded(llama, monkeypatch,
     same_fit(fresh, pt.fit(llama, ["Other words"], recipe=rec))
 
 
+def test_a_warm_started_fit_resumes_from_its_own_snapshot_only(llama, monkeypatch, tmp_path):
+    text, rec = ["Hello there"], TINY_RECIPE.replace(max_steps=30, stop_accuracy=2.0)
+    start = pt.fit(llama, text, recipe=rec.replace(max_steps=4))
+    path = tmp_path / "fit.pt"
+    killed_after(monkeypatch, saves=3)
+    with pytest.raises(Killed):
+        pt.fit(llama, text, recipe=rec, snapshots=Snapshots(path, every_s=0))  # a cold start
+    monkeypatch.undo()
+    with pytest.raises(PrototokensError, match="snapshot of another fit"):
+        pt.fit(llama, text, recipe=rec, init_from=start, snapshots=Snapshots(path, every_s=0))
+    path.unlink()
+    whole = pt.fit(llama, text, recipe=rec, init_from=start)
+    killed_after(monkeypatch, saves=10)
+    with pytest.raises(Killed):
+        pt.fit(llama, text, recipe=rec, init_from=start, snapshots=Snapshots(path, every_s=0))
+    monkeypatch.undo()
+    same_fit(whole, pt.fit(llama, text, recipe=rec, init_from=start, snapshots=Snapshots(path, every_s=0)))
+
+
 def test_a_damaged_snapshot_is_a_clear_error(llama, tmp_path):
     path = tmp_path / "fit.pt"
     path.write_bytes(b"not a snapshot")

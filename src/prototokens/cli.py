@@ -110,12 +110,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     pt = _lazy()
     recipe = _recipe(pt, args)
     pt.get_arrangement(args.arrangement)
+    start = pt.ProtoTokens.load(args.init_from) if args.init_from else None
     lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
     snaps = None
     if args.snapshot and args.snapshot_every is not None:
         snaps = pt.Snapshots(args.snapshot, args.snapshot_every)
     fit = pt.fit(lm, [text], seeds=args.seeds, arrangement=args.arrangement, recipe=recipe,
-                 share_m=args.share_m, progress=not args.quiet, snapshots=snaps)
+                 share_m=args.share_m, progress=not args.quiet, snapshots=snaps, init_from=start)
     fit.save(out)
     s = _fit_summary(fit, 1)
     s["out"] = str(out)
@@ -294,6 +295,7 @@ EXAMPLES = {
           prototokens fit --text "The quick brown fox jumps over the lazy dog." --out fox.safetensors
           prototokens fit --file poem.txt --seeds 4 --steps 2000 --json --out poem.safetensors
           prototokens fit --text "hello" --model tiny-random-llama --arrangement "[e][m]xN" --out h.safetensors
+          prototokens fit --file poem.txt --init-from poem.safetensors --lr 0.03 --out poem2.safetensors
     """,
     "decode": """
         examples:
@@ -401,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share-m", type=_share, default=1, metavar="K|all",
                    help="seeds per group sharing one m (default 1: each its own)")
     p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--init-from", metavar="FILE",
+                   help="start from the e and m of a saved fit (same model and vector counts) instead of --init: "
+                        "a warm start, e.g. a second phase under another recipe")
     p.add_argument("--snapshot", metavar="FILE",
                    help="save the fit's progress to FILE as it goes and, if FILE holds a snapshot of this fit, "
                         "resume from it (deleted once the fit is done)")

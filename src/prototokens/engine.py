@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .arrangements import Arrangement, E, M, get_arrangement
 from .artefacts import ProtoTokens, RowResult
 from .errors import PrototokensError
-from .loading import FrozenLM
+from .loading import FrozenLM, check_model
 from .recipes import Recipe, get_recipe
 from .snapshots import FitProgress, Snapshots, fit_identity, load_loop_state
 
@@ -509,6 +509,23 @@ def step_loop(step, finish, max_steps: int, check_every: int, bar: tqdm | None, 
                 on_check(i + 1)
 
 
+def warm_start(lm: FrozenLM, fit: ProtoTokens, n_e: int, n_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fp32 `e` and `m` of a saved fit, checked against the model and the vector counts of a new fit."""
+    check_model(lm, fit.model_name, fit.fingerprint, fit.e.shape[-1], what="starting vectors")
+    if (len(fit.e), len(fit.m)) != (n_e, n_m):
+        raise PrototokensError(f"the starting fit has {len(fit.e)} e and {len(fit.m)} m vectors; "
+                               f"this fit needs {n_e} e and {n_m} m (same texts, seeds and sharing)")
+    return fit.e.detach().float().cpu().clone(), fit.m.detach().float().cpu().clone()
+
+
+def vectors_digest(e: torch.Tensor, m: torch.Tensor) -> str:
+    """A short digest of starting vectors, so that a snapshot of a warm-started fit resumes only that fit."""
+    h = hashlib.sha256()
+    for t in (e, m):
+        h.update(t.float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -518,7 +535,8 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
                   share_e: int = 1, share_m: int = 1, max_batch: int | None = None,
                   check_every: int | None = None, progress: bool = False,
                   texts: list[str] | None = None, compile: bool = False,
-                  distributed: bool = False, snapshots: Snapshots | None = None) -> ProtoTokens:
+                  distributed: bool = False, snapshots: Snapshots | None = None,
+                  init_from: ProtoTokens | None = None) -> ProtoTokens:
     """Fit proto-tokens for every (text, seed) pair; rows are ordered text-major, seed-minor.
 
     share_e / share_m: rows per group sharing one e / m (1 = own vector, 0 = all rows share one).
@@ -532,6 +550,9 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
         gradient is summed over ranks and the stop decision is global, as in a single process.
     snapshots: save the fit's state there as it goes, and resume from a snapshot already there
         (the same steps as an uninterrupted fit); the file is deleted when the fit returns.
+    init_from: start from this saved fit's `e` and `m` instead of the recipe's initialisation (a
+        warm start: e.g. a second phase under another recipe); it must come from the same model and
+        hold as many `e` and `m` vectors as this fit has. The optimiser's state starts afresh.
     """
     arr = get_arrangement(arrangement)
     recipe = get_recipe(recipe)
@@ -566,6 +587,10 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
         first_m.setdefault(g_m, r)
     e0 = init_vectors(lm, [(token_ids[pairs[r][0]], pairs[r][1], "e") for r in first_e.values()], recipe)
     m0 = init_vectors(lm, [(token_ids[pairs[r][0]], pairs[r][1], "m") for r in first_m.values()], recipe)
+    start = None
+    if init_from is not None:
+        e0, m0 = warm_start(lm, init_from, len(e0), len(m0))
+        start = vectors_digest(e0, m0)
     rows = [RowResult(token_ids=list(token_ids[t]), seed=s, e_index=e_of[r], m_index=m_of[r],
                       text=texts[t] if texts else None) for r, (t, s) in enumerate(pairs)]
     if check_every is None:
@@ -575,7 +600,8 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
     best_e, best_m = e0.clone(), m0.clone()
     splits = max_batch if max_batch is not None and max_batch < len(rows) else None
     tracker = FitProgress(snapshots, fit_identity(lm.fingerprint, token_ids, seed_list, arr.name, recipe.to_dict(),
-                                                  share_e, share_m, splits, check_every),
+                                                  share_e, share_m, splits, check_every,
+                                                  *([start] if start else [])),
                           {"best_e": best_e, "best_m": best_m}, _RESULT_FIELDS)
     bar = tqdm(total=None, desc="fitting", unit="step", disable=not progress, leave=False, mininterval=0.5)
 
