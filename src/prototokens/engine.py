@@ -585,12 +585,13 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
     for r, (g_e, g_m) in enumerate(zip(e_of, m_of, strict=True)):
         first_e.setdefault(g_e, r)
         first_m.setdefault(g_m, r)
-    e0 = init_vectors(lm, [(token_ids[pairs[r][0]], pairs[r][1], "e") for r in first_e.values()], recipe)
-    m0 = init_vectors(lm, [(token_ids[pairs[r][0]], pairs[r][1], "m") for r in first_m.values()], recipe)
     start = None
     if init_from is not None:
-        e0, m0 = warm_start(lm, init_from, len(e0), len(m0))
+        e0, m0 = warm_start(lm, init_from, len(first_e), len(first_m))
         start = vectors_digest(e0, m0)
+    else:
+        e0 = init_vectors(lm, [(token_ids[pairs[r][0]], pairs[r][1], "e") for r in first_e.values()], recipe)
+        m0 = init_vectors(lm, [(token_ids[pairs[r][0]], pairs[r][1], "m") for r in first_m.values()], recipe)
     rows = [RowResult(token_ids=list(token_ids[t]), seed=s, e_index=e_of[r], m_index=m_of[r],
                       text=texts[t] if texts else None) for r, (t, s) in enumerate(pairs)]
     if check_every is None:
