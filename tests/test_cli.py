@@ -165,6 +165,38 @@ def test_unknown_model(capsys, tmp_path):
     assert code == 2 and "unknown model 'gpt-17'" in err
 
 
+def test_margins_of_an_exact_fit_are_all_positive(fitted):
+    lm = pt.load_model("tiny-random-llama", device="cpu")
+    fit = pt.ProtoTokens.load(fitted)
+    margins = pt.token_margins(lm, fit)
+    assert fit.rows[fit.best_row()].accuracy == 1.0
+    assert [r["position"] for r in margins] == list(range(fit.rows[fit.best_row()].n_tokens))
+    assert all(r["margin"] > 0 and r["predicted"] == r["target"] for r in margins)
+
+
+def test_decode_margins_rank_the_positions(capsys, tmp_path):
+    path = tmp_path / "short.safetensors"
+    argv = [a if a != "300" else "5" for a in TINY]  # five steps: some positions right, some wrong
+    assert main(["fit", "--text", "Hi there, you!", *argv, "--out", str(path)]) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, "decode", str(path), "--device", "cpu", "--json", "--margins", "100")
+    d = json.loads(out)
+    margins = d["margins"]
+    assert code == 0 and len(margins) == len(d["token_ids"])  # K past N: every position, once
+    assert sorted(r["position"] for r in margins) == list(range(len(d["token_ids"])))
+    assert [r["margin"] for r in margins] == sorted(r["margin"] for r in margins)
+    # a negative margin is exactly a wrong position, and `predicted` is what decode read there
+    assert d["wrong_positions"]
+    assert sorted(r["position"] for r in margins if r["margin"] < 0) == d["wrong_positions"]
+    assert all(d["token_ids"][r["position"]] == r["predicted"] for r in margins)
+    assert all(0 < r["p_target"] < 1 for r in margins)
+    code, out, _ = run(capsys, "decode", str(path), "--device", "cpu", "--margins", "2")
+    assert code == 0 and out.count("\nposition ") == 2
+    with pytest.raises(SystemExit) as e:
+        main(["decode", str(path), "--margins", "0"])
+    assert e.value.code == 2 and "--margins: must be >= 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content,message", [
     (None, "no such file"),
     (b"", "not a readable safetensors"),

@@ -12,7 +12,7 @@ from .api import decode_text, fit  # noqa: E402
 from .arrangements import ARRANGEMENTS, Arrangement, get_arrangement  # noqa: E402
 from .artefacts import ProtoTokens, RowResult  # noqa: E402
 from .baseline import MemoryFit, evaluate_memory, fit_memory, greedy_decode  # noqa: E402
-from .decoding import decode, decode_ids, evaluate  # noqa: E402
+from .decoding import decode, decode_ids, evaluate, token_margins  # noqa: E402
 from .engine import fit_token_ids  # noqa: E402
 from .errors import PrototokensError  # noqa: E402
 from .loading import FrozenLM, load_model  # noqa: E402
@@ -22,6 +22,6 @@ from .snapshots import Snapshots  # noqa: E402
 
 __all__ = [
     "ARRANGEMENTS", "Arrangement", "FrozenLM", "ProtoTokens", "PrototokensError", "RECIPES", "Recipe",
-    "MemoryFit", "Snapshots", "RowResult", "decode", "evaluate_memory", "fit_memory", "greedy_decode", "decode_ids", "decode_text", "evaluate", "fit", "fit_token_ids",
+    "MemoryFit", "Snapshots", "RowResult", "decode", "evaluate_memory", "fit_memory", "greedy_decode", "decode_ids", "decode_text", "evaluate", "token_margins", "fit", "fit_token_ids",
     "get_arrangement", "get_recipe", "lm_cross_entropy", "load_model",
 ]

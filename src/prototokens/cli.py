@@ -143,8 +143,16 @@ def cmd_decode(args: argparse.Namespace) -> int:
     text = lm.decode(ids)
     target = fit.rows[row].token_ids
     wrong = [i for i, (a, b) in enumerate(zip(ids, target, strict=True)) if a != b]
-    _emit(args, {"text": text, "token_ids": ids, "row": row, "exact": not wrong, "wrong_positions": wrong,
-                 "seconds": secs}, text)
+    out = {"text": text, "token_ids": ids, "row": row, "exact": not wrong, "wrong_positions": wrong, "seconds": secs}
+    human = text
+    if args.margins is not None:
+        tightest = sorted(pt.token_margins(lm, fit, row), key=lambda r: r["margin"])[:args.margins]
+        out["margins"] = [{**r, "target_text": lm.decode([r["target"]]), "predicted_text": lm.decode([r["predicted"]])}
+                          for r in tightest]
+        human += "\n" + "\n".join(
+            f"position {r['position']}: target {r['target_text']!r} p={r['p_target']:.3f}, margin {r['margin']:+.3f}"
+            + ("" if r["margin"] > 0 else f" (decodes {r['predicted_text']!r})") for r in out["margins"])
+    _emit(args, out, human)
     return 0
 
 
@@ -301,6 +309,7 @@ EXAMPLES = {
         examples:
           prototokens decode fox.safetensors
           prototokens decode fox.safetensors --json
+          prototokens decode fox.safetensors --margins 5
     """,
     "eval": """
         examples:
@@ -421,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
         _runtime(p, None)
         if name == "decode":
             p.add_argument("--row", type=int, help="row (seed) to decode (default: the most accurate)")
+            p.add_argument("--margins", type=_positive, metavar="K",
+                           help="also list the K positions decoded least securely: the target's probability "
+                                "and its logit margin over the best other token (negative: wrong)")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.set_defaults(func=func)
 

@@ -18,25 +18,59 @@ def check_compatible(lm: FrozenLM, pt: ProtoTokens) -> None:
 
 
 @torch.no_grad()
-def decode_ids(lm: FrozenLM, e: torch.Tensor, m: torch.Tensor, n_tokens: int,
-               arrangement: str = "e-m") -> list[int]:
-    """Token ids read off one forward pass of the arrangement of `e` and `m` for `n_tokens` targets."""
+def output_logits(lm: FrozenLM, e: torch.Tensor, m: torch.Tensor, n_tokens: int,
+                  arrangement: str = "e-m") -> torch.Tensor:
+    """The (n_tokens, vocab) logits of one forward pass of the arrangement of `e` and `m`."""
     arr = get_arrangement(arrangement)
     slots = torch.tensor([arr.slots(n_tokens)], device=lm.device)
     inputs = assemble_inputs(e.view(1, -1).to(lm.device, torch.float32),
                              m.view(1, -1).to(lm.device, torch.float32), slots)
-    logits = forward_logits(lm, inputs)[0, arr.n_skip:]
-    return logits.argmax(-1).tolist()
+    return forward_logits(lm, inputs)[0, arr.n_skip:].float()
 
 
-def decode(lm: FrozenLM, pt: ProtoTokens, row: int | None = None) -> list[int]:
-    """Decode one row of a fit (default: its most accurate row) in one forward pass."""
+def decode_ids(lm: FrozenLM, e: torch.Tensor, m: torch.Tensor, n_tokens: int,
+               arrangement: str = "e-m") -> list[int]:
+    """Token ids read off one forward pass of the arrangement of `e` and `m` for `n_tokens` targets."""
+    return output_logits(lm, e, m, n_tokens, arrangement).argmax(-1).tolist()
+
+
+def _checked_row(lm: FrozenLM, pt: ProtoTokens, row: int | None) -> int:
     check_compatible(lm, pt)
     row = pt.best_row() if row is None else row
     if not 0 <= row < len(pt.rows):
         raise PrototokensError(f"row {row} out of range: the file has {len(pt.rows)} row(s)")
+    return row
+
+
+def decode(lm: FrozenLM, pt: ProtoTokens, row: int | None = None) -> list[int]:
+    """Decode one row of a fit (default: its most accurate row) in one forward pass."""
+    row = _checked_row(lm, pt, row)
     e, m = pt.vectors(row)
     return decode_ids(lm, e, m, pt.rows[row].n_tokens, pt.arrangement)
+
+
+def token_margins(lm: FrozenLM, pt: ProtoTokens, row: int | None = None) -> list[dict]:
+    """Per target position of one row (default: the most accurate), how securely it is decoded.
+
+    Each entry: ``position``, ``target`` and ``predicted`` (token ids), ``p_target`` (the target's
+    softmax probability) and ``margin``, the target's logit minus the largest other logit: positive
+    where the position decodes right, negative where it decodes wrong (0, a tie, is rare). Small margins show a fit on a
+    knife edge, where a change to `e` or `m` that fixes one token may break another.
+    """
+    row = _checked_row(lm, pt, row)
+    e, m = pt.vectors(row)
+    logits = output_logits(lm, e, m, pt.rows[row].n_tokens, pt.arrangement)
+    target = torch.tensor(pt.rows[row].token_ids, device=logits.device)
+    positions = torch.arange(len(target), device=logits.device)
+    p_target = logits.softmax(-1)[positions, target]
+    target_logit = logits[positions, target]
+    others = logits.clone()
+    others[positions, target] = float("-inf")
+    best_other = others.max(-1).values
+    predicted = logits.argmax(-1)  # exactly what `decode` reads
+    return [{"position": i, "target": t, "predicted": p, "p_target": pr, "margin": mg}
+            for i, (t, p, pr, mg) in enumerate(zip(target.tolist(), predicted.tolist(), p_target.tolist(),
+                                                   (target_logit - best_other).tolist(), strict=True))]
 
 
 def evaluate(lm: FrozenLM, pt: ProtoTokens, rows: list[int] | None = None) -> list[dict]:
