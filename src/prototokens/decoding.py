@@ -54,8 +54,9 @@ def token_margins(lm: FrozenLM, pt: ProtoTokens, row: int | None = None) -> list
 
     Each entry: ``position``, ``target`` and ``predicted`` (token ids), ``p_target`` (the target's
     softmax probability) and ``margin``, the target's logit minus the largest other logit: positive
-    where the position decodes right, negative where it decodes wrong (0, a tie, is rare). Small margins show a fit on a
-    knife edge, where a change to `e` or `m` that fixes one token may break another.
+    where the position decodes right, negative where it decodes wrong (0, a tie, is rare). Small
+    margins show a fit on a knife edge, where a change to `e` or `m` that fixes one token may break
+    another.
     """
     row = _checked_row(lm, pt, row)
     e, m = pt.vectors(row)
