@@ -62,12 +62,11 @@ def token_margins(lm: FrozenLM, pt: ProtoTokens, row: int | None = None) -> list
     e, m = pt.vectors(row)
     logits = output_logits(lm, e, m, pt.rows[row].n_tokens, pt.arrangement)
     target = torch.tensor(pt.rows[row].token_ids, device=logits.device)
-    positions = torch.arange(len(target), device=logits.device)
-    p_target = logits.softmax(-1)[positions, target]
-    target_logit = logits[positions, target]
-    others = logits.clone()
-    others[positions, target] = float("-inf")
-    best_other = others.max(-1).values
+    target_logit = logits.gather(1, target[:, None])[:, 0]
+    p_target = (target_logit - logits.logsumexp(-1)).exp()
+    # the best logit other than the target's: the top one, or the second where the top one is the target
+    top2 = logits.topk(2, dim=-1)
+    best_other = torch.where(top2.indices[:, 0] == target, top2.values[:, 1], top2.values[:, 0])
     predicted = logits.argmax(-1)  # exactly what `decode` reads
     return [{"position": i, "target": t, "predicted": p, "p_target": pr, "margin": mg}
             for i, (t, p, pr, mg) in enumerate(zip(target.tolist(), predicted.tolist(), p_target.tolist(),
