@@ -8,6 +8,8 @@ from its snapshot (JSON path + ".pt") after a kill, step for step, so a fit long
 can be run in pieces; the trajectory gains a point at every snapshot (--every seconds). The
 fitted vectors (the best state) are saved beside the JSON, as .safetensors. --init-from starts
 from such a file instead of the recipe's initialisation: a second phase under another recipe.
+--texts K fits K passages from --text on together (each its own `e` and `m`, one batch), to see
+whether what a phase does to one text holds for others.
 
     python experiments/long_fit.py --model gemma3-270m --tokens 181 --recipe recommended-cosine \
         --set lr=0.1 --json docs/results/recipe/long_gemma_n181_lr0.1.json
@@ -28,7 +30,7 @@ from prototokens.files import write_json
 from prototokens.recipes import get_recipe
 from prototokens.snapshots import Snapshots
 
-SETTINGS = ("model", "dtype", "tokens", "text", "text_id", "recipe", "arrangement", "init_from")
+SETTINGS = ("model", "dtype", "tokens", "text", "text_id", "text_ids", "recipe", "arrangement", "init_from")
 
 
 def parse_set(items: list[str]) -> dict:
@@ -58,9 +60,12 @@ class TrajectorySnapshots(Snapshots):
         run = state.get("run")
         if run is not None:
             t = run["tensors"]
-            self.out["trajectory"].append({"step": int(run["next_step"]), "best_correct": int(t["best_correct"].sum()),
-                                           "best_step": int(t["best_step"].max()), "seconds": round(state["seconds"], 1),
-                                           "e_norm": round(float(run["E"].norm()), 1), "m_norm": round(float(run["M"].norm()), 1)})
+            point = {"step": int(run["next_step"]), "best_correct": int(t["best_correct"].sum()),
+                     "best_step": int(t["best_step"].max()), "seconds": round(state["seconds"], 1),
+                     "e_norm": round(float(run["E"].norm()), 1), "m_norm": round(float(run["M"].norm()), 1)}
+            if len(t["best_correct"]) > 1:  # several texts: the total above, and each text's count
+                point["best_correct_per_text"] = t["best_correct"].sum(dim=1).tolist()
+            self.out["trajectory"].append(point)
             write_json(self.json_path, self.out)
 
 
@@ -71,6 +76,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--tokens", type=int, required=True, help="N: the first N tokens of the passage")
     ap.add_argument("--text", type=int, default=0, help="which Gutenberg passage (0: the first)")
+    ap.add_argument("--texts", type=int, default=1, help="fit this many passages from --text on, together")
     ap.add_argument("--recipe", default="recommended-cosine")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe fields to change, e.g. lr=0.1")
     ap.add_argument("--steps", type=int, help="step budget (the recipe's max_steps unless given)")
@@ -86,38 +92,47 @@ def main() -> None:
             changes["max_steps"] = args.steps
         recipe = get_recipe(args.recipe).replace(**changes)
         lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
-        text = data.load_texts("gutenberg", args.text + 1, 0)[args.text]
-        ids = data.prefix_tokens(lm, text.text, args.tokens)
+        if args.texts < 1:
+            raise pt.PrototokensError(f"--texts must be at least 1, got {args.texts}")
+        texts = data.load_texts("gutenberg", args.text + args.texts, 0)[args.text:]
+        ids = [data.prefix_tokens(lm, t.text, args.tokens) for t in texts]
         start = pt.ProtoTokens.load(args.init_from) if args.init_from else None
     except pt.PrototokensError as e:
         sys.exit(f"error: {e}")
     out = {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype), "tokens": args.tokens,
-           "text": args.text, "text_id": text.id, "recipe": recipe.to_dict(), "arrangement": args.arrangement,
+           "text": args.text, "text_id": texts[0].id, "recipe": recipe.to_dict(), "arrangement": args.arrangement,
            "init_from": os.path.basename(args.init_from) if args.init_from else None, "trajectory": [], "result": None}
+    if args.texts > 1:  # absent for one text, so that the files of one-text fits stay as they were
+        out["text_ids"] = [t.id for t in texts]
     if os.path.isfile(args.json):
         with open(args.json) as f:
             old = json.load(f)
-        differ = [k for k in SETTINGS if old.get(k) != out[k]]
+        differ = [k for k in SETTINGS if old.get(k) != out.get(k)]
         if differ:
             sys.exit(f"error: {args.json} holds a fit with other settings ({', '.join(differ)}); name another --json file")
         if old.get("result") is not None:
             print(json.dumps(old["result"]))
             return
         out["trajectory"] = old["trajectory"]
-    print(f"# long fit: {lm.name} ({lm.device}, {lm.dtype}), {text.id}, N={args.tokens}, recipe "
+    print(f"# long fit: {lm.name} ({lm.device}, {lm.dtype}), {', '.join(t.id for t in texts)}, N={args.tokens}, recipe "
           f"{args.recipe} {changes or ''}, budget {recipe.max_steps} steps", flush=True)
     snaps = TrajectorySnapshots(out, args.json, args.every)
     try:
-        fit = pt.fit_token_ids(lm, [ids], recipe=recipe, arrangement=args.arrangement, snapshots=snaps,
+        fit = pt.fit_token_ids(lm, ids, recipe=recipe, arrangement=args.arrangement, snapshots=snaps,
                                init_from=start)
     except pt.PrototokensError as e:
         sys.exit(f"error: {e}")
     fit_file = os.path.splitext(args.json)[0] + ".safetensors"
     fit.save(fit_file)
-    row = fit.rows[0]
-    out["result"] = {"fit_file": os.path.basename(fit_file), "e_norm": round(float(fit.e.norm()), 1),
-                     "m_norm": round(float(fit.m.norm()), 1), "accuracy": row.accuracy, "correct": sum(row.correct), "steps": row.steps,
-                     "status": row.status, "first_token_right": bool(row.correct[0]), "seconds": round(fit.seconds, 1)}
+    per_text = [{"text_id": t.id, "e_norm": round(float(fit.e[row.e_index].norm()), 1),
+                 "m_norm": round(float(fit.m[row.m_index].norm()), 1), "accuracy": row.accuracy,
+                 "correct": sum(row.correct), "steps": row.steps, "status": row.status,
+                 "first_token_right": bool(row.correct[0])} for t, row in zip(texts, fit.rows, strict=True)]
+    if len(per_text) == 1:
+        out["result"] = {"fit_file": os.path.basename(fit_file), **per_text[0], "seconds": round(fit.seconds, 1)}
+        del out["result"]["text_id"]
+    else:
+        out["result"] = {"fit_file": os.path.basename(fit_file), "texts": per_text, "seconds": round(fit.seconds, 1)}
     write_json(args.json, out)
     print(json.dumps(out["result"]))
 

@@ -142,8 +142,32 @@ def test_long_fit_second_phase_starts_from_a_saved_fit(tmp_path):
     assert res.returncode != 0 and "other settings (init_from)" in res.stderr
 
 
+def test_long_fit_of_several_texts_reports_each_and_phases_from_their_fit(tmp_path):
+    first = tmp_path / "two.json"
+    res = long_fit("--texts", "2", "--steps", "3", "--set", "lr=0.05", "init_scale=1", "--json", str(first))
+    assert res.returncode == 0, res.stderr
+    got = json.loads(first.read_text())
+    assert len(got["text_ids"]) == 2 and got["text_ids"][0] == got["text_id"] != got["text_ids"][1]
+    assert [t["text_id"] for t in got["result"]["texts"]] == got["text_ids"]
+    for p in got["trajectory"]:
+        assert len(p["best_correct_per_text"]) == 2 and sum(p["best_correct_per_text"]) == p["best_correct"]
+    fit = pt.ProtoTokens.load(str(tmp_path / "two.safetensors"))
+    assert [sum(r.correct) for r in fit.rows] == [t["correct"] for t in got["result"]["texts"]]
+    assert len(fit.e) == len(fit.m) == 2  # each text its own e and m
+    # a second phase of both texts from their fit; a different number of texts is refused
+    second = tmp_path / "second.json"
+    res = long_fit("--texts", "2", "--steps", "3", "--set", "lr=0.05", "--init-from", str(tmp_path / "two.safetensors"),
+                   "--json", str(second))
+    assert res.returncode == 0, res.stderr
+    again = json.loads(second.read_text())
+    assert again["trajectory"][0]["best_correct_per_text"][0] >= got["result"]["texts"][0]["correct"]
+    res = long_fit("--steps", "3", "--init-from", str(tmp_path / "two.safetensors"), "--json", str(tmp_path / "one.json"))
+    assert res.returncode != 0 and res.stderr.startswith("error: ") and "2 e and 2 m" in res.stderr
+
+
 def test_long_fit_rejects_bad_input_in_one_line(tmp_path):
-    for args in (["--set", "lr"], ["--set", "bogus=1"], ["--set", "lr=fast"], ["--model", "no-such-model"]):
+    for args in (["--set", "lr"], ["--set", "bogus=1"], ["--set", "lr=fast"], ["--model", "no-such-model"],
+                 ["--texts", "0"]):
         res = long_fit("--steps", "1", *args, "--json", str(tmp_path / "x.json"))
         assert res.returncode != 0 and res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0
         assert not (tmp_path / "x.json").exists()
