@@ -60,11 +60,12 @@ class TrajectorySnapshots(Snapshots):
         run = state.get("run")
         if run is not None:
             t = run["tensors"]
-            point = {"step": int(run["next_step"]), "best_correct": int(t["best_correct"].sum()),
+            per_text = t["best_correct"].sum(dim=1).tolist()
+            point = {"step": int(run["next_step"]), "best_correct": sum(per_text),
                      "best_step": int(t["best_step"].max()), "seconds": round(state["seconds"], 1),
                      "e_norm": round(float(run["E"].norm()), 1), "m_norm": round(float(run["M"].norm()), 1)}
-            if len(t["best_correct"]) > 1:  # several texts: the total above, and each text's count
-                point["best_correct_per_text"] = t["best_correct"].sum(dim=1).tolist()
+            if len(per_text) > 1:  # several texts: the total above, and each text's count
+                point["best_correct_per_text"] = per_text
             self.out["trajectory"].append(point)
             write_json(self.json_path, self.out)
 
@@ -90,10 +91,10 @@ def main() -> None:
         changes = parse_set(args.set)
         if args.steps is not None:
             changes["max_steps"] = args.steps
-        recipe = get_recipe(args.recipe).replace(**changes)
-        lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
         if args.texts < 1:
             raise pt.PrototokensError(f"--texts must be at least 1, got {args.texts}")
+        recipe = get_recipe(args.recipe).replace(**changes)
+        lm = pt.load_model(args.model, device=args.device, dtype=args.dtype)
         texts = data.load_texts("gutenberg", args.text + args.texts, 0)[args.text:]
         ids = [data.prefix_tokens(lm, t.text, args.tokens) for t in texts]
         start = pt.ProtoTokens.load(args.init_from) if args.init_from else None
@@ -124,15 +125,17 @@ def main() -> None:
         sys.exit(f"error: {e}")
     fit_file = os.path.splitext(args.json)[0] + ".safetensors"
     fit.save(fit_file)
-    per_text = [{"text_id": t.id, "e_norm": round(float(fit.e[row.e_index].norm()), 1),
-                 "m_norm": round(float(fit.m[row.m_index].norm()), 1), "accuracy": row.accuracy,
-                 "correct": sum(row.correct), "steps": row.steps, "status": row.status,
-                 "first_token_right": bool(row.correct[0])} for t, row in zip(texts, fit.rows, strict=True)]
-    if len(per_text) == 1:
-        out["result"] = {"fit_file": os.path.basename(fit_file), **per_text[0], "seconds": round(fit.seconds, 1)}
-        del out["result"]["text_id"]
+    per_row = []
+    for i, row in enumerate(fit.rows):
+        e, m = fit.vectors(i)
+        per_row.append({"e_norm": round(float(e.norm()), 1), "m_norm": round(float(m.norm()), 1),
+                        "accuracy": row.accuracy, "correct": sum(row.correct), "steps": row.steps,
+                        "status": row.status, "first_token_right": bool(row.correct[0])})
+    if len(per_row) == 1:  # one text: the result's fields as they have always been
+        out["result"] = {"fit_file": os.path.basename(fit_file), **per_row[0], "seconds": round(fit.seconds, 1)}
     else:
-        out["result"] = {"fit_file": os.path.basename(fit_file), "texts": per_text, "seconds": round(fit.seconds, 1)}
+        out["result"] = {"fit_file": os.path.basename(fit_file), "seconds": round(fit.seconds, 1),
+                         "texts": [{"text_id": t.id, **r} for t, r in zip(texts, per_row, strict=True)]}
     write_json(args.json, out)
     print(json.dumps(out["result"]))
 
