@@ -1,5 +1,7 @@
 """The fitting engine on tiny random models: arrangements, sharing, batching, stopping, failures."""
 
+import json
+
 import pytest
 import torch
 
@@ -365,19 +367,23 @@ def test_recommended_cosine_nowd_is_recommended_cosine_without_weight_decay():
     assert pt.recipes.same_recipe_as(nowd.to_dict()) == "recommended-cosine-nowd"
 
 
-def test_weight_decay_reaches_the_optimiser(llama, monkeypatch):
+def test_weight_decay_and_betas_reach_the_optimiser(llama, monkeypatch):
     seen = []
     adamw = torch.optim.AdamW
 
     class Spy(adamw):
         def __init__(self, params, **kw):
-            seen.append(kw["weight_decay"])
+            seen.append((kw["weight_decay"], tuple(kw["betas"])))
             super().__init__(params, **kw)
 
     monkeypatch.setattr(torch.optim, "AdamW", Spy)
     for name in ("recommended-cosine", "recommended-cosine-nowd"):
         pt.fit_token_ids(llama, [llama.encode("decay")], recipe=pt.get_recipe(name, max_steps=2))
-    assert seen == [0.01, 0.0]
+    slow = pt.get_recipe("recommended-cosine", max_steps=2, betas=(0.9, 0.999))
+    pt.fit_token_ids(llama, [llama.encode("decay")], recipe=slow)
+    assert seen == [(0.01, (0.9, 0.9)), (0.0, (0.9, 0.9)), (0.01, (0.9, 0.999))]
+    assert pt.Recipe.from_dict(json.loads(json.dumps(slow.to_dict()))) == slow  # as a sweep stores it
+    assert pt.get_recipe("paper", betas=[0.9, 0.999]).betas == (0.9, 0.999)  # as a TOML config gives it
 
 
 def test_decay_steps_fixes_the_schedule_whatever_the_budget():
@@ -404,7 +410,8 @@ def test_lr_schedules():
                                  dict(plateau_factor=1.5), dict(plateau_min=-0.1), dict(plateau_min=2.0),
                                  dict(plateau_cycle=0, plateau_after=5), dict(plateau_cycle=3),
                                  dict(warmup_steps=-1), dict(decay_steps=0), dict(warmup_steps=10, decay_steps=10),
-                                 dict(bogus=1), dict(lr="fast")])
+                                 dict(bogus=1), dict(lr="fast"), dict(betas=(0.9, 1.0)), dict(betas=(0.9,)),
+                                 dict(betas="fast"), dict(betas=0.9)])
 def test_bad_recipe_values(bad):
     with pytest.raises(pt.PrototokensError):
         pt.get_recipe("paper", **bad)

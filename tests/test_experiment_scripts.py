@@ -43,6 +43,28 @@ def test_recipe_ablation_resumes_its_json_and_refuses_other_settings(tmp_path):
     assert out.read_text() == stored
 
 
+def test_recipe_ablation_stopped_midway_keeps_every_stored_variant(tmp_path, monkeypatch):
+    out = tmp_path / "ablation.json"
+    first = ablation("--steps", "3", "--json", str(out), "--variants", "paper", "large-init")
+    assert first.returncode == 0, first.stderr
+    mod = script_module("recipe_ablation")
+
+    def stop(lm, name, *args):  # the run is killed while it fits its one new variant
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "run_variant", stop)
+    monkeypatch.setattr(sys, "argv", ["recipe_ablation.py", "--model", "tiny-random-llama", "--device", "cpu",
+                                      "--tokens", "4", "--texts", "1", "--steps", "3", "--json", str(out),
+                                      "--variants", "paper", "init x3, lr 0.03", "large-init"])
+    try:
+        mod.main()
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the run was not stopped")
+    assert sorted(r["variant"] for r in json.loads(out.read_text())["results"]) == ["large-init", "paper"]
+
+
 def test_recipe_ablation_shares_one_m_on_request(tmp_path):
     out = tmp_path / "shared.json"
     res = ablation("--texts", "2", "--steps", "2", "--share-m", "0", "--json", str(out))
@@ -171,6 +193,16 @@ def test_long_fit_rejects_bad_input_in_one_line(tmp_path):
         res = long_fit("--steps", "1", *args, "--json", str(tmp_path / "x.json"))
         assert res.returncode != 0 and res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0
         assert not (tmp_path / "x.json").exists()
+
+
+def test_recipe_ablation_betas_and_plain_loss_variants_change_one_field_of_recommended_cosine():
+    mod = script_module("recipe_ablation")
+    cos = pt.get_recipe("recommended-cosine")
+    for name, field in (("init x30, lr 0.3, focal 2, cosine 5000, betas (0.9, 0.999)", {"betas": (0.9, 0.999)}),
+                        ("init x30, lr 0.3, cosine 5000", {"focal_gamma": 0.0})):
+        arrangement, changes = mod.VARIANTS[name]
+        variant = pt.get_recipe("paper", **changes).replace(name=cos.name)
+        assert arrangement == "e-m" and variant == cos.replace(**field) != cos
 
 
 def test_recipe_ablation_variant_without_weight_decay_is_the_named_recipe():

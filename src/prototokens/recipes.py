@@ -75,6 +75,12 @@ class Recipe:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        try:  # a TOML or JSON config gives a list
+            object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        except (TypeError, ValueError):
+            raise PrototokensError(f"betas must be two numbers, got {self.betas!r}") from None
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise PrototokensError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.init not in INITS:
             raise PrototokensError(f"unknown init {self.init!r}; known: {', '.join(INITS)}")
         if self.schedule not in SCHEDULES:
