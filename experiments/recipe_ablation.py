@@ -58,8 +58,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the same with a 10x smaller init (norm about 76 on Gemma-3-270M instead of 760): the Gemma N = 181 probe
     "init x3, lr 0.3, focal 2, cosine 5000, no weight decay": (
         "e-m", {**RECOMMENDED, **COSINE, "decay_steps": 5000, "weight_decay": 0.0, "init_scale": 3.0}),
-    # the paper's Adam betas are (0.9, 0.9); the usual beta2 of 0.999 averages the squared gradient
-    # over ~1000 steps instead of ~10, so a coordinate's step shrinks where its gradient turns noisy
+    # = `recommended-cosine-b999`: the paper's Adam betas are (0.9, 0.9); the usual beta2 of 0.999 averages
+    # the squared gradient over ~1000 steps instead of ~10, so a coordinate's step shrinks with its gradient
     "init x30, lr 0.3, focal 2, cosine 5000, betas (0.9, 0.999)": (
         "e-m", {**RECOMMENDED, **COSINE, "decay_steps": 5000, "betas": (0.9, 0.999)}),
     # plain cross-entropy: focal loss (gamma 2) weighs the tokens already right at almost nothing,

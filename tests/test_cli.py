@@ -44,7 +44,7 @@ def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
     code, _, _ = run(capsys, "fit", "--text", "Hello!", *TINY, "--recipe", recipe, "--focal-gamma", "1",
                      "--restarts", "1", "--restart-after", "50", "--plateau-after", "40", "--plateau-factor", "0.3",
                      "--plateau-min", "0.05", "--plateau-cycle", "3", "--schedule", "cosine", "--warmup-steps", "2",
-                     "--decay-steps", "3000", "--out", str(out_file))
+                     "--decay-steps", "3000", "--weight-decay", "0", "--betas", "0.9", "0.999", "--out", str(out_file))
     assert code == 0
     saved = pt.ProtoTokens.load(out_file).recipe
     base = pt.get_recipe(recipe)
@@ -53,6 +53,7 @@ def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
     assert saved["plateau_after"] == 40 and saved["plateau_factor"] == 0.3 and saved["plateau_min"] == 0.05
     assert saved["plateau_cycle"] == 3
     assert saved["schedule"] == "cosine" and saved["warmup_steps"] == 2 and saved["decay_steps"] == 3000
+    assert saved["weight_decay"] == 0 and saved["betas"] == [0.9, 0.999]
 
 
 def test_fit_notes_steps_past_the_end_of_a_fixed_decay(capsys, tmp_path):

@@ -367,6 +367,12 @@ def test_recommended_cosine_nowd_is_recommended_cosine_without_weight_decay():
     assert pt.recipes.same_recipe_as(nowd.to_dict()) == "recommended-cosine-nowd"
 
 
+def test_recommended_cosine_b999_is_recommended_cosine_with_the_usual_beta2():
+    cos, b999 = pt.get_recipe("recommended-cosine"), pt.get_recipe("recommended-cosine-b999")
+    assert cos.betas == (0.9, 0.9) and b999 == cos.replace(name="recommended-cosine-b999", betas=(0.9, 0.999))
+    assert pt.recipes.same_recipe_as(b999.to_dict()) == "recommended-cosine-b999"
+
+
 def test_weight_decay_and_betas_reach_the_optimiser(llama, monkeypatch):
     seen = []
     adamw = torch.optim.AdamW
@@ -379,7 +385,7 @@ def test_weight_decay_and_betas_reach_the_optimiser(llama, monkeypatch):
     monkeypatch.setattr(torch.optim, "AdamW", Spy)
     for name in ("recommended-cosine", "recommended-cosine-nowd"):
         pt.fit_token_ids(llama, [llama.encode("decay")], recipe=pt.get_recipe(name, max_steps=2))
-    slow = pt.get_recipe("recommended-cosine", max_steps=2, betas=(0.9, 0.999))
+    slow = pt.get_recipe("recommended-cosine-b999", max_steps=2)
     pt.fit_token_ids(llama, [llama.encode("decay")], recipe=slow)
     assert seen == [(0.01, (0.9, 0.9)), (0.0, (0.9, 0.9)), (0.01, (0.9, 0.999))]
     assert pt.Recipe.from_dict(json.loads(json.dumps(slow.to_dict()))) == slow  # as a sweep stores it

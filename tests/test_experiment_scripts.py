@@ -203,6 +203,8 @@ def test_recipe_ablation_betas_and_plain_loss_variants_change_one_field_of_recom
         arrangement, changes = mod.VARIANTS[name]
         variant = pt.get_recipe("paper", **changes).replace(name=cos.name)
         assert arrangement == "e-m" and variant == cos.replace(**field) != cos
+    b999 = pt.get_recipe("recommended-cosine-b999")  # the betas variant is the named candidate
+    assert cos.replace(betas=(0.9, 0.999), name=b999.name) == b999
 
 
 def test_recipe_ablation_variant_without_weight_decay_is_the_named_recipe():

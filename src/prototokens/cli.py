@@ -44,7 +44,8 @@ def _recipe(pt, args: argparse.Namespace):
                            decay_steps=args.decay_steps, patience=args.patience,
                            restarts=args.restarts, restart_after=args.restart_after, focal_gamma=args.focal_gamma,
                            plateau_after=args.plateau_after, plateau_factor=args.plateau_factor,
-                           plateau_min=args.plateau_min, plateau_cycle=args.plateau_cycle)
+                           plateau_min=args.plateau_min, plateau_cycle=args.plateau_cycle,
+                           weight_decay=args.weight_decay, betas=args.betas)
     if recipe.schedule != "constant" and recipe.min_lr_ratio == 0 and recipe.max_steps > recipe.decay_end:
         print(f"prototokens: note: recipe {recipe.name!r} decays its rate to 0 by step {recipe.decay_end}, so "
               f"steps after it change nothing (raise --decay-steps with --steps)", file=sys.stderr)
@@ -401,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, help="re-initialise a stalled fit at most this many times (recipe default)")
     p.add_argument("--restart-after", type=_positive, help="steps without improvement before a restart")
     p.add_argument("--focal-gamma", type=float, help="focal loss shaping exponent (recipe default: 0 = plain CE)")
+    p.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay (recipe default; the paper: 0.01)")
+    p.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"),
+                   help="AdamW's betas (recipe default; the paper: 0.9 0.9)")
     p.add_argument("--plateau-after", type=_positive,
                    help="multiply a fit's learning rate by --plateau-factor after this many steps without improvement")
     p.add_argument("--plateau-factor", type=float, help="learning-rate factor of --plateau-after (recipe default: 0.5)")
