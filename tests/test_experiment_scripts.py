@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import prototokens as pt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +58,8 @@ def test_recipe_ablation_stopped_midway_keeps_every_stored_variant(tmp_path, mon
     monkeypatch.setattr(sys, "argv", ["recipe_ablation.py", "--model", "tiny-random-llama", "--device", "cpu",
                                       "--tokens", "4", "--texts", "1", "--steps", "3", "--json", str(out),
                                       "--variants", "paper", "init x3, lr 0.03", "large-init"])
-    try:
+    with pytest.raises(KeyboardInterrupt):
         mod.main()
-    except KeyboardInterrupt:
-        pass
-    else:
-        raise AssertionError("the run was not stopped")
     assert sorted(r["variant"] for r in json.loads(out.read_text())["results"]) == ["large-init", "paper"]
 
 

@@ -154,9 +154,6 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
