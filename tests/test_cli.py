@@ -44,7 +44,8 @@ def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
     code, _, _ = run(capsys, "fit", "--text", "Hello!", *TINY, "--recipe", recipe, "--focal-gamma", "1",
                      "--restarts", "1", "--restart-after", "50", "--plateau-after", "40", "--plateau-factor", "0.3",
                      "--plateau-min", "0.05", "--plateau-cycle", "3", "--schedule", "cosine", "--warmup-steps", "2",
-                     "--decay-steps", "3000", "--weight-decay", "0", "--betas", "0.9", "0.999", "--out", str(out_file))
+                     "--decay-steps", "3000", "--weight-decay", "0", "--betas", "0.9", "0.999", "--phase-steps", "500",
+                     "--phase-lr", "0.02", "--phase-weight-decay", "0.001", "--out", str(out_file))
     assert code == 0
     saved = pt.ProtoTokens.load(out_file).recipe
     base = pt.get_recipe(recipe)
@@ -54,6 +55,7 @@ def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
     assert saved["plateau_cycle"] == 3
     assert saved["schedule"] == "cosine" and saved["warmup_steps"] == 2 and saved["decay_steps"] == 3000
     assert saved["weight_decay"] == 0 and saved["betas"] == [0.9, 0.999]
+    assert saved["phase_steps"] == 500 and saved["phase_lr"] == 0.02 and saved["phase_weight_decay"] == 0.001
 
 
 def test_fit_notes_steps_past_the_end_of_a_fixed_decay(capsys, tmp_path):
@@ -153,6 +155,7 @@ def test_demo_on_a_tiny_model(capsys, tmp_path):
     (["fit", "--text", "hi", "--plateau-cycle", "3", "--out", "x.safetensors"], "plateau_cycle needs plateau_after"),
     (["fit", "--text", "hi", "--warmup-steps", "10", "--decay-steps", "5", "--out", "x.safetensors"],
      "decay_steps must be > warmup_steps"),
+    (["fit", "--text", "hi", "--phase-steps", "100", "--out", "x.safetensors"], "phase_steps needs decay_steps"),
 ])
 def test_fit_bad_input(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

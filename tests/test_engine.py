@@ -325,7 +325,8 @@ def test_bf16_model_with_fp32_prototokens():
 
 def test_recipe_dict_leaves_out_later_fields_at_their_defaults():
     # sweep units and cached fits are keyed by this dict: adding plateau_* must not change old keys
-    later = {"plateau_after", "plateau_factor", "plateau_min", "plateau_cycle", "decay_steps"}
+    later = {"plateau_after", "plateau_factor", "plateau_min", "plateau_cycle", "decay_steps", "phase_steps",
+             "phase_lr", "phase_weight_decay"}
     assert not later & pt.Recipe().to_dict().keys()
     r = pt.Recipe(plateau_after=50, plateau_factor=0.25, plateau_min=0.125, plateau_cycle=4)
     d = r.to_dict()
@@ -373,6 +374,65 @@ def test_recommended_cosine_b999_is_recommended_cosine_with_the_usual_beta2():
     assert pt.recipes.same_recipe_as(b999.to_dict()) == "recommended-cosine-b999"
 
 
+def test_phase_schedule():
+    r = pt.Recipe(lr=1.0, schedule="cosine", warmup_steps=2, decay_steps=20, phase_steps=10, phase_lr=0.5,
+                  phase_weight_decay=0.0, max_steps=40)
+    assert [r.phase_at(s) for s in (0, 19, 20, 29, 30, 39)] == [0, 0, 1, 1, 2, 2]
+    assert [s for s in range(40) if r.phase_starts(s)] == [20, 30]
+    # each phase is the schedule of a fit of phase_steps steps at phase_lr
+    alone = pt.Recipe(lr=0.5, schedule="cosine", warmup_steps=2, decay_steps=10, max_steps=10)
+    assert [r.lr_at(20 + t) for t in range(10)] == [alone.lr_at(t) for t in range(10)]
+    assert [r.lr_at(30 + t) for t in range(10)] == [alone.lr_at(t) for t in range(10)]
+    assert [r.lr_at(s) for s in range(20)] == [r.replace(phase_steps=None).lr_at(s) for s in range(20)]
+    assert [r.weight_decay_at(s) for s in (19, 20, 39)] == [0.01, 0.0, 0.0]
+    assert r.replace(phase_lr=None).lr_at(25) == pytest.approx(0.1 * r.lr_at(25) / 0.5)  # lr / 10
+    assert r.replace(phase_weight_decay=None).weight_decay_at(25) == 0.01
+    assert pt.Recipe().weight_decay_at(4999) == 0.01 and pt.Recipe().phase_at(10**6) == 0
+
+
+def test_phases_are_fits_warm_started_from_the_best_state(llama):
+    # one fit with two phases against three fits, each warm-started from the one before: same vectors
+    text = "Hello there, a longer text to fit"
+    ids = [llama.encode(text)]
+    main = TINY_RECIPE.replace(schedule="cosine", warmup_steps=2, decay_steps=12, max_steps=12, stop_accuracy=2.0)
+    phased = main.replace(phase_steps=6, phase_lr=0.05, phase_weight_decay=0.0, max_steps=24)
+    whole = pt.fit_token_ids(llama, ids, recipe=phased)
+    phase = main.replace(lr=0.05, weight_decay=0.0, decay_steps=6, max_steps=6)
+    step = pt.fit_token_ids(llama, ids, recipe=main)
+    for _ in range(2):
+        step = pt.fit_token_ids(llama, ids, recipe=phase, init_from=step)
+    assert torch.equal(whole.e, step.e) and torch.equal(whole.m, step.m)
+    assert whole.rows[0].correct == step.rows[0].correct
+    # and the phases did something: without them the same budget ends elsewhere
+    flat = pt.fit_token_ids(llama, ids, recipe=phased.replace(phase_steps=None, decay_steps=24))
+    assert not torch.equal(flat.e, whole.e)
+
+
+def test_a_phase_restores_the_best_state_and_a_fresh_optimiser(llama, monkeypatch):
+    from prototokens import engine
+
+    seen = []
+    real = engine._Run.start_phase
+
+    def spy(run, step):
+        real(run, step)
+        seen.append((step, torch.equal(run.E.detach(), run.best_e[run.e_ids]), len(run.opt.state)))
+
+    monkeypatch.setattr(engine._Run, "start_phase", spy)
+    rec = TINY_RECIPE.replace(schedule="cosine", warmup_steps=1, decay_steps=5, phase_steps=3, max_steps=11,
+                              stop_accuracy=2.0)
+    pt.fit_token_ids(llama, [llama.encode("phases")], recipe=rec)
+    assert seen == [(5, True, 0), (8, True, 0)]
+
+
+def test_recommended_phases_is_recommended_cosine_b999_then_low_rate_phases():
+    b999, phases = pt.get_recipe("recommended-cosine-b999"), pt.get_recipe("recommended-phases")
+    assert phases == b999.replace(name="recommended-phases", max_steps=7400, phase_steps=800, phase_lr=0.03,
+                                  phase_weight_decay=0.0)
+    assert [s for s in range(phases.max_steps) if phases.phase_starts(s)] == [5000, 5800, 6600]
+    assert pt.recipes.same_recipe_as(phases.to_dict()) == "recommended-phases"
+
+
 def test_weight_decay_and_betas_reach_the_optimiser(llama, monkeypatch):
     seen = []
     adamw = torch.optim.AdamW
@@ -417,7 +477,12 @@ def test_lr_schedules():
                                  dict(plateau_cycle=0, plateau_after=5), dict(plateau_cycle=3),
                                  dict(warmup_steps=-1), dict(decay_steps=0), dict(warmup_steps=10, decay_steps=10),
                                  dict(bogus=1), dict(lr="fast"), dict(betas=(0.9, 1.0)), dict(betas=(0.9,)),
-                                 dict(betas="fast"), dict(betas=0.9)])
+                                 dict(betas="fast"), dict(betas=0.9), dict(weight_decay=-0.1),
+                                 dict(phase_steps=100), dict(schedule="cosine", decay_steps=50, phase_steps=10,
+                                                             warmup_steps=10),
+                                 dict(schedule="cosine", decay_steps=50, phase_steps=5, warmup_steps=10),
+                                 dict(decay_steps=50, phase_steps=20), dict(phase_lr=0.0),
+                                 dict(phase_weight_decay=-1.0)])
 def test_bad_recipe_values(bad):
     with pytest.raises(pt.PrototokensError):
         pt.get_recipe("paper", **bad)

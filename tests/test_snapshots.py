@@ -41,6 +41,9 @@ def same_fit(a: pt.ProtoTokens, b: pt.ProtoTokens) -> None:
     {"share_m": 0, "recipe": TINY_RECIPE.replace(max_steps=60, plateau_after=3)},  # per-fit rate cuts
     {"recipe": TINY_RECIPE.replace(lr=1e-3, max_steps=40, restarts=2, restart_after=5)},  # restarts
     {"max_batch": 1},  # several runs, one after the other
+    # low-rate phases at steps 11, 15, 19...: killed after step 14, it resumes at a phase start
+    {"recipe": TINY_RECIPE.replace(max_steps=40, schedule="cosine", warmup_steps=2, decay_steps=11, phase_steps=4,
+                                   phase_weight_decay=0.0)},
 ])
 def test_a_killed_fit_resumes_to_the_same_result(llama, monkeypatch, tmp_path, options):
     texts = ["Hi", "Hello there", "A longer text to fit"]

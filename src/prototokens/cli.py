@@ -45,8 +45,10 @@ def _recipe(pt, args: argparse.Namespace):
                            restarts=args.restarts, restart_after=args.restart_after, focal_gamma=args.focal_gamma,
                            plateau_after=args.plateau_after, plateau_factor=args.plateau_factor,
                            plateau_min=args.plateau_min, plateau_cycle=args.plateau_cycle,
-                           weight_decay=args.weight_decay, betas=args.betas)
-    if recipe.schedule != "constant" and recipe.min_lr_ratio == 0 and recipe.max_steps > recipe.decay_end:
+                           weight_decay=args.weight_decay, betas=args.betas, phase_steps=args.phase_steps,
+                           phase_lr=args.phase_lr, phase_weight_decay=args.phase_weight_decay)
+    if (recipe.schedule != "constant" and recipe.min_lr_ratio == 0 and recipe.max_steps > recipe.decay_end
+            and recipe.phase_steps is None):
         print(f"prototokens: note: recipe {recipe.name!r} decays its rate to 0 by step {recipe.decay_end}, so "
               f"steps after it change nothing (raise --decay-steps with --steps)", file=sys.stderr)
     return recipe
@@ -412,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never cut a fit's learning rate below this fraction of --lr (recipe default: 0, no floor)")
     p.add_argument("--plateau-cycle", type=_positive,
                    help="after this many cuts, the next stall resets a fit's rate to --lr (a warm restart)")
+    p.add_argument("--phase-steps", type=_positive,
+                   help="after --decay-steps, low-rate phases of this many steps, each from the best state so far "
+                        "with a fresh optimiser state")
+    p.add_argument("--phase-lr", type=float, help="peak learning rate of the phases (recipe default: --lr / 10)")
+    p.add_argument("--phase-weight-decay", type=float,
+                   help="AdamW's weight decay in the phases (recipe default: --weight-decay)")
     p.add_argument("--seeds", type=_positive, default=1, help="independent fits (seeds 0..K-1), all saved")
     p.add_argument("--share-m", type=_share, default=1, metavar="K|all",
                    help="seeds per group sharing one m (default 1: each its own)")

@@ -244,6 +244,8 @@ class _Run:
         return torch.searchsorted(active_ids, ids)
 
     def step(self, step: int, update: bool) -> None:
+        if update and self.recipe.phase_starts(step):
+            self.start_phase(step)
         rows = self.active
         e_loc = self._local(self.row_e[rows], self.e_ids)
         m_loc = self._local(self.row_m[rows], self.m_ids)
@@ -291,6 +293,20 @@ class _Run:
             optimiser_step(self.opt, self.recipe, step, row_loss, finite, (self.E, self.M), self._reduce_m)
             if before is not None:
                 self._scale_updates(*before)
+
+    def start_phase(self, step: int) -> None:
+        """Begin a low-rate phase (recipe.phase_steps): score the current state, then put every fit
+        back to its best state with a fresh Adam state, as a new fit warm-started from it would be."""
+        self.step(step, update=False)
+        with torch.no_grad():
+            self.E.copy_(self.best_e[self.e_ids])
+            self.M.copy_(self.best_m[self.m_ids])
+        self.opt.state.clear()
+        self.try_acc.fill_(-1.0)
+        self.try_step.fill_(step)
+        self.lr_mult.fill_(1.0)
+        self.decay_step.fill_(step)
+        self.n_cuts.zero_()
 
     def _scale_updates(self, e_old: torch.Tensor, m_old: torch.Tensor) -> None:
         # An AdamW update is linear in the learning rate, so scaling a vector's step by its unit's
@@ -427,6 +443,7 @@ def optimiser_step(opt: torch.optim.Optimizer, recipe: Recipe, step: int, row_lo
     """One update on the sum of the finite row losses; non-finite gradient entries are zeroed."""
     for g in opt.param_groups:
         g["lr"] = recipe.lr_at(step)
+        g["weight_decay"] = recipe.weight_decay_at(step)
     opt.zero_grad(set_to_none=True)
     torch.where(finite, row_loss, torch.zeros_like(row_loss)).sum().backward()
     if after_backward is not None:

@@ -19,7 +19,7 @@ INITS = ("normal", "embedding", "tokens")
 SCHEDULES = ("constant", "cosine", "linear")
 # fields added after stored results existed, with their defaults (see Recipe.to_dict)
 _LATER_FIELDS = {"plateau_after": None, "plateau_factor": 0.5, "plateau_min": 0.0, "plateau_cycle": None,
-                 "decay_steps": None}
+                 "decay_steps": None, "phase_steps": None, "phase_lr": None, "phase_weight_decay": None}
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,12 @@ class Recipe:
     plateau_cycle: a warm restart of the rate; once a fit's rate has been cut this many times, its
         next stall resets it to the full rate (keeping the vectors and Adam's moments) and the cuts
         begin again (None: never).
+    phase_steps / phase_lr / phase_weight_decay: low-rate phases after the main decay (None: none). From
+        ``decay_steps`` on, the budget is cut into phases of ``phase_steps``; each starts every fit
+        again from its best state so far with a fresh Adam state, and runs ``schedule`` (with
+        ``warmup_steps`` of warm-up) from ``phase_lr`` (default ``lr / 10``) down over the phase, with
+        weight decay ``phase_weight_decay`` (default ``weight_decay``). A phase is exactly a new fit
+        warm-started (``init_from``) from the best state of the one before.
     """
 
     name: str = "paper"
@@ -72,6 +78,9 @@ class Recipe:
     plateau_min: float = 0.0
     plateau_cycle: int | None = None
     decay_steps: int | None = None
+    phase_steps: int | None = None
+    phase_lr: float | None = None
+    phase_weight_decay: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,25 +120,60 @@ class Recipe:
             raise PrototokensError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
             raise PrototokensError(f"decay_steps must be > warmup_steps ({self.warmup_steps}), got {self.decay_steps}")
+        if self.phase_steps is not None:
+            if self.decay_steps is None:
+                raise PrototokensError("phase_steps needs decay_steps (the step at which the phases begin)")
+            if self.phase_steps <= self.warmup_steps:
+                raise PrototokensError(f"phase_steps must be > warmup_steps ({self.warmup_steps}), got {self.phase_steps}")
+            if self.schedule == "constant":
+                raise PrototokensError("phase_steps needs a decaying schedule (cosine or linear)")
+        if self.phase_lr is not None and not self.phase_lr > 0:
+            raise PrototokensError(f"phase_lr must be > 0, got {self.phase_lr}")
+        if self.phase_weight_decay is not None and self.phase_weight_decay < 0:
+            raise PrototokensError(f"phase_weight_decay must be >= 0, got {self.phase_weight_decay}")
+        if self.weight_decay < 0:
+            raise PrototokensError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     @property
     def decay_end(self) -> int:
         """The step at which the schedule's decay ends: ``decay_steps``, else the step budget."""
         return self.max_steps if self.decay_steps is None else self.decay_steps
 
+    def phase_at(self, step: int) -> int:
+        """0 in the main fit, k >= 1 in the k-th low-rate phase (``phase_steps``)."""
+        if self.phase_steps is None or step < self.decay_end:
+            return 0
+        return 1 + (step - self.decay_end) // self.phase_steps
+
+    def phase_starts(self, step: int) -> bool:
+        """Whether a low-rate phase begins at optimiser step `step`."""
+        return self.phase_at(step) > 0 and (step - self.decay_end) % self.phase_steps == 0
+
     def lr_at(self, step: int) -> float:
         """Learning rate for optimiser step `step` (0-based)."""
+        if self.phase_at(step):
+            lr = self.lr / 10 if self.phase_lr is None else self.phase_lr
+            return self._scheduled(lr, (step - self.decay_end) % self.phase_steps, self.phase_steps)
+        return self._scheduled(self.lr, step, self.decay_end)
+
+    def weight_decay_at(self, step: int) -> float:
+        """AdamW's weight decay at optimiser step `step`."""
+        if self.phase_at(step) and self.phase_weight_decay is not None:
+            return self.phase_weight_decay
+        return self.weight_decay
+
+    def _scheduled(self, lr: float, step: int, end: int) -> float:
         if self.warmup_steps and step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
+            return lr * (step + 1) / self.warmup_steps
         if self.schedule == "constant":
-            return self.lr
-        span = max(1, self.decay_end - self.warmup_steps)
+            return lr
+        span = max(1, end - self.warmup_steps)
         frac = min(1.0, (step - self.warmup_steps) / span)
         if self.schedule == "cosine":
             mult = 0.5 * (1 + math.cos(math.pi * frac))
         else:
             mult = 1 - frac
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * mult)
+        return lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * mult)
 
     def replace(self, **changes) -> Recipe:
         """A copy with `changes`; an unknown field or a value of the wrong type is a PrototokensError."""
@@ -192,6 +236,12 @@ RECIPES: dict[str, Recipe] = {
     # where `recommended-cosine` fits 3/4) and N = 64 4/4 at steps 427-2160 instead of 2113-3315; N = 32
     # a little slower (median 223 against 199). Gemma-3-270M, 1 text: N = 45 at step 1467 instead of 2200.
     "recommended-cosine-b999": _COSINE.replace(name="recommended-cosine-b999", betas=(0.9, 0.999)),
+    # A candidate beyond the 5000-step budget (docs/recipe.md, "Low-rate phases in one fit"): `recommended-cosine-b999`,
+    # then three 800-step phases at lr 0.03 without weight decay, each from the best state so far with a
+    # fresh Adam state. The path that fitted a Gemma-3-270M text at N = 181 exactly (there with phases of
+    # 1000, 500 and 800 steps, run as separate warm-started fits) after the 5000-step fit had stopped at 164.
+    "recommended-phases": _COSINE.replace(name="recommended-phases", betas=(0.9, 0.999), max_steps=7400,
+                                          phase_steps=800, phase_lr=0.03, phase_weight_decay=0.0),
     # Provisional (docs/recipe.md): a 10x larger init keeps position 0 out of the model's attention-
     # sink regime, where its output hardly depends on the input and the first token is never learnt.
     "large-init": Recipe(name="large-init", init_scale=10.0, lr=0.1),
