@@ -292,7 +292,8 @@ def test_default_recipe_is_kuratovs_embedding_scale_init(llama, monkeypatch):
     assert 0.8 * std < fit.mem.std().item() < 1.2 * std and abs(std - 1.0) > 0.3  # not the paper's N(0, 1)
 
 
-@pytest.mark.parametrize("recipe", ["recommended", TINY_RECIPE.replace(plateau_after=10)])
+@pytest.mark.parametrize("recipe", ["recommended", TINY_RECIPE.replace(plateau_after=10),
+                                    TINY_RECIPE.replace(schedule="cosine", decay_steps=100, phase_steps=50)])
 def test_recipe_fields_the_baseline_lacks_are_refused(llama, recipe):
     with pytest.raises(pt.PrototokensError, match="does not support"):
         fit_memory(llama, [llama.encode("Hi")], recipe=recipe)
