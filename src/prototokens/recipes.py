@@ -145,15 +145,19 @@ class Recipe:
             return 0
         return 1 + (step - self.decay_end) // self.phase_steps
 
+    def _phase_step(self, step: int) -> int:
+        """Steps since the current low-rate phase began (only meaningful when ``phase_at(step)``)."""
+        return (step - self.decay_end) % self.phase_steps
+
     def phase_starts(self, step: int) -> bool:
         """Whether a low-rate phase begins at optimiser step `step`."""
-        return self.phase_at(step) > 0 and (step - self.decay_end) % self.phase_steps == 0
+        return self.phase_at(step) > 0 and self._phase_step(step) == 0
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimiser step `step` (0-based)."""
         if self.phase_at(step):
             lr = self.lr / 10 if self.phase_lr is None else self.phase_lr
-            return self._scheduled(lr, (step - self.decay_end) % self.phase_steps, self.phase_steps)
+            return self._scheduled(lr, self._phase_step(step), self.phase_steps)
         return self._scheduled(self.lr, step, self.decay_end)
 
     def weight_decay_at(self, step: int) -> float:
