@@ -244,6 +244,7 @@ RECIPES: dict[str, Recipe] = {
     # then three 800-step phases at lr 0.03 without weight decay, each from the best state so far with a
     # fresh Adam state. The path that fitted a Gemma-3-270M text at N = 181 exactly (there with phases of
     # 1000, 500 and 800 steps, run as separate warm-started fits) after the 5000-step fit had stopped at 164.
+    # On a second text, as defined here, it stopped at 178/181 (167 after the decay): not fitted.
     "recommended-phases": _COSINE.replace(name="recommended-phases", betas=(0.9, 0.999), max_steps=7400,
                                           phase_steps=800, phase_lr=0.03, phase_weight_decay=0.0),
     # Provisional (docs/recipe.md): a 10x larger init keeps position 0 out of the model's attention-
