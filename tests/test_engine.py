@@ -374,6 +374,12 @@ def test_recommended_cosine_b999_is_recommended_cosine_with_the_usual_beta2():
     assert pt.recipes.same_recipe_as(b999.to_dict()) == "recommended-cosine-b999"
 
 
+def test_recommended_cosine_b999_x3_is_b999_from_a_tenth_of_the_init():
+    b999, x3 = pt.get_recipe("recommended-cosine-b999"), pt.get_recipe("recommended-cosine-b999-x3")
+    assert b999.init_scale == 30.0 and x3 == b999.replace(name="recommended-cosine-b999-x3", init_scale=3.0)
+    assert pt.recipes.same_recipe_as(x3.to_dict()) == "recommended-cosine-b999-x3"
+
+
 def test_phase_schedule():
     r = pt.Recipe(lr=1.0, schedule="cosine", warmup_steps=2, decay_steps=20, phase_steps=10, phase_lr=0.5,
                   phase_weight_decay=0.0, max_steps=40)

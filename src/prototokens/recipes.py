@@ -240,6 +240,13 @@ RECIPES: dict[str, Recipe] = {
     # where `recommended-cosine` fits 3/4) and N = 64 4/4 at steps 427-2160 instead of 2113-3315; N = 32
     # a little slower (median 223 against 199). Gemma-3-270M, 1 text: N = 45 at step 1467 instead of 2200.
     "recommended-cosine-b999": _COSINE.replace(name="recommended-cosine-b999", betas=(0.9, 0.999)),
+    # A candidate for long texts (docs/recipe.md, "Adam's beta2"): `recommended-cosine-b999` from a 10x smaller
+    # init (x3: a norm near the one the decay settles at, so the first ~1500 steps fit instead of shrinking).
+    # Gemma-3-270M, 1 text: N = 181 at 180/181 by step 3644, where the x30 init ends at 164. SmolLM2, 4 texts:
+    # N = 32 1/4 in 300 steps and N = 45 2/4 in 1500 (x30: 4/4 and 4/4), the misses mostly with the first
+    # token wrong: not for short fits.
+    "recommended-cosine-b999-x3": _COSINE.replace(name="recommended-cosine-b999-x3", betas=(0.9, 0.999),
+                                                  init_scale=3.0),
     # A candidate beyond the 5000-step budget (docs/recipe.md, "Low-rate phases in one fit"): `recommended-cosine-b999`,
     # then three 800-step phases at lr 0.03 without weight decay, each from the best state so far with a
     # fresh Adam state. The path that fitted a Gemma-3-270M text at N = 181 exactly (there with phases of
