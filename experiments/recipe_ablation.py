@@ -36,6 +36,7 @@ LARGE = {"init_scale": 10.0, "lr": 0.1}
 X30 = {"init_scale": 30.0, "lr": 0.3}
 RECOMMENDED = {**X30, "focal_gamma": 2.0}  # = the `recommended` recipe's overrides on `paper`
 COSINE = {"schedule": "cosine", "warmup_steps": 10}
+B999 = {**RECOMMENDED, **COSINE, "decay_steps": 5000, "betas": (0.9, 0.999)}  # = `recommended-cosine-b999`
 VARIANTS: dict[str, tuple[str, dict]] = {
     "paper": ("e-m", {}),
     "paper, [e][m]xN": ("e-m-plus", {}),
@@ -61,10 +62,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # = `recommended-cosine-b999`: the paper's Adam betas are (0.9, 0.9); the usual beta2 of 0.999 averages
     # the squared gradient over ~1000 steps instead of ~10, so a coordinate's step shrinks with its gradient
     "init x30, lr 0.3, focal 2, cosine 5000, betas (0.9, 0.999)": (
-        "e-m", {**RECOMMENDED, **COSINE, "decay_steps": 5000, "betas": (0.9, 0.999)}),
+        "e-m", B999),
     # the same from a 10x smaller init, the decay kept: the second Gemma N = 181 probe of a x3 init
     "init x3, lr 0.3, focal 2, cosine 5000, betas (0.9, 0.999)": (
-        "e-m", {**RECOMMENDED, **COSINE, "decay_steps": 5000, "betas": (0.9, 0.999), "init_scale": 3.0}),
+        "e-m", {**B999, "init_scale": 3.0}),
     # plain cross-entropy: focal loss (gamma 2) weighs the tokens already right at almost nothing,
     # which may let their margins be traded away at long N
     "init x30, lr 0.3, cosine 5000": ("e-m", {**X30, **COSINE, "decay_steps": 5000}),

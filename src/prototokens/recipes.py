@@ -210,6 +210,7 @@ class Recipe:
 # median 188.5 steps), capacity 32-45 tokens per text where `paper` reaches 0-5 (docs/recipe.md).
 _CONSTANT = Recipe(name="recommended-constant", init_scale=30.0, lr=0.3, focal_gamma=2.0)
 _COSINE = _CONSTANT.replace(name="recommended-cosine", schedule="cosine", warmup_steps=10, decay_steps=5000)
+_B999 = _COSINE.replace(name="recommended-cosine-b999", betas=(0.9, 0.999))
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(),
@@ -239,21 +240,20 @@ RECIPES: dict[str, Recipe] = {
     # instead of the paper's 0.9. On SmolLM2 (4 texts, own m) it fitted N = 45 4/4 (median 369 steps,
     # where `recommended-cosine` fits 3/4) and N = 64 4/4 at steps 427-2160 instead of 2113-3315; N = 32
     # a little slower (median 223 against 199). Gemma-3-270M, 1 text: N = 45 at step 1467 instead of 2200.
-    "recommended-cosine-b999": _COSINE.replace(name="recommended-cosine-b999", betas=(0.9, 0.999)),
+    "recommended-cosine-b999": _B999,
     # A candidate for long texts (docs/recipe.md, "Adam's beta2"): `recommended-cosine-b999` from a 10x smaller
     # init (x3: a norm near the one the decay settles at, so the first ~1500 steps fit instead of shrinking).
     # Gemma-3-270M, 1 text: N = 181 at 180/181 by step 3644, where the x30 init ends at 164. SmolLM2, 4 texts:
     # N = 32 1/4 in 300 steps and N = 45 2/4 in 1500 (x30: 4/4 and 4/4), the misses mostly with the first
     # token wrong: not for short fits.
-    "recommended-cosine-b999-x3": _COSINE.replace(name="recommended-cosine-b999-x3", betas=(0.9, 0.999),
-                                                  init_scale=3.0),
+    "recommended-cosine-b999-x3": _B999.replace(name="recommended-cosine-b999-x3", init_scale=3.0),
     # A candidate beyond the 5000-step budget (docs/recipe.md, "Low-rate phases in one fit"): `recommended-cosine-b999`,
     # then three 800-step phases at lr 0.03 without weight decay, each from the best state so far with a
     # fresh Adam state. The path that fitted a Gemma-3-270M text at N = 181 exactly (there with phases of
     # 1000, 500 and 800 steps, run as separate warm-started fits) after the 5000-step fit had stopped at 164.
     # On a second text, as defined here, it stopped at 178/181 (167 after the decay): not fitted.
-    "recommended-phases": _COSINE.replace(name="recommended-phases", betas=(0.9, 0.999), max_steps=7400,
-                                          phase_steps=800, phase_lr=0.03, phase_weight_decay=0.0),
+    "recommended-phases": _B999.replace(name="recommended-phases", max_steps=7400, phase_steps=800, phase_lr=0.03,
+                                        phase_weight_decay=0.0),
     # Provisional (docs/recipe.md): a 10x larger init keeps position 0 out of the model's attention-
     # sink regime, where its output hardly depends on the input and the first token is never learnt.
     "large-init": Recipe(name="large-init", init_scale=10.0, lr=0.1),
