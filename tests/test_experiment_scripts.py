@@ -205,18 +205,12 @@ def test_recipe_ablation_betas_and_plain_loss_variants_change_one_field_of_recom
     assert cos.replace(betas=(0.9, 0.999), name=b999.name) == b999
 
 
-def test_recipe_ablation_variant_without_weight_decay_is_the_named_recipe():
-    mod = script_module("recipe_ablation")
-    arrangement, changes = mod.VARIANTS["init x30, lr 0.3, focal 2, cosine 5000, no weight decay"]
-    named = pt.get_recipe("recommended-cosine-nowd")
-    variant = pt.get_recipe("paper", **changes).replace(name=named.name)
-    assert arrangement == "e-m" and variant == named
-
-
-def test_recipe_ablation_x3_b999_variant_is_the_named_recipe():
+@pytest.mark.parametrize("variant, recipe", [
+    ("init x30, lr 0.3, focal 2, cosine 5000, no weight decay", "recommended-cosine-nowd"),
     # = the Gemma probe's `--recipe recommended-cosine-b999 --set init_scale=3` (test_engine ties the two)
+    ("init x3, lr 0.3, focal 2, cosine 5000, betas (0.9, 0.999)", "recommended-cosine-b999-x3")])
+def test_recipe_ablation_variant_is_the_named_recipe(variant, recipe):
     mod = script_module("recipe_ablation")
-    arrangement, changes = mod.VARIANTS["init x3, lr 0.3, focal 2, cosine 5000, betas (0.9, 0.999)"]
-    named = pt.get_recipe("recommended-cosine-b999-x3")
-    variant = pt.get_recipe("paper", **changes).replace(name=named.name)
-    assert arrangement == "e-m" and variant == named
+    arrangement, changes = mod.VARIANTS[variant]
+    named = pt.get_recipe(recipe)
+    assert arrangement == "e-m" and pt.get_recipe("paper", **changes).replace(name=named.name) == named
