@@ -66,6 +66,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the same from a 10x smaller init, the decay kept: the second Gemma N = 181 probe of a x3 init
     "init x3, lr 0.3, focal 2, cosine 5000, betas (0.9, 0.999)": (
         "e-m", {**B999, "init_scale": 3.0}),
+    # a split init: e at x30 (out of the first token's stall), m at x3 (near the norm the decay settles at)
+    "init x30 e, x3 m, lr 0.3, focal 2, cosine 5000, betas (0.9, 0.999)": (
+        "e-m", {**B999, "m_init_scale": 3.0}),
     # plain cross-entropy: focal loss (gamma 2) weighs the tokens already right at almost nothing,
     # which may let their margins be traded away at long N
     "init x30, lr 0.3, cosine 5000": ("e-m", {**X30, **COSINE, "decay_steps": 5000}),

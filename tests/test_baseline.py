@@ -293,7 +293,8 @@ def test_default_recipe_is_kuratovs_embedding_scale_init(llama, monkeypatch):
 
 
 @pytest.mark.parametrize("recipe", ["recommended", TINY_RECIPE.replace(plateau_after=10),
-                                    TINY_RECIPE.replace(schedule="cosine", decay_steps=100, phase_steps=50)])
+                                    TINY_RECIPE.replace(schedule="cosine", decay_steps=100, phase_steps=50),
+                                    TINY_RECIPE.replace(m_init_scale=3.0)])
 def test_recipe_fields_the_baseline_lacks_are_refused(llama, recipe):
     with pytest.raises(pt.PrototokensError, match="does not support"):
         fit_memory(llama, [llama.encode("Hi")], recipe=recipe)

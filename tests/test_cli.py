@@ -45,7 +45,8 @@ def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
                      "--restarts", "1", "--restart-after", "50", "--plateau-after", "40", "--plateau-factor", "0.3",
                      "--plateau-min", "0.05", "--plateau-cycle", "3", "--schedule", "cosine", "--warmup-steps", "2",
                      "--decay-steps", "3000", "--weight-decay", "0", "--betas", "0.9", "0.999", "--phase-steps", "500",
-                     "--phase-lr", "0.02", "--phase-weight-decay", "0.001", "--out", str(out_file))
+                     "--phase-lr", "0.02", "--phase-weight-decay", "0.001", "--m-init-scale", "3",
+                     "--out", str(out_file))
     assert code == 0
     saved = pt.ProtoTokens.load(out_file).recipe
     base = pt.get_recipe(recipe)
@@ -56,6 +57,7 @@ def test_fit_selects_a_named_recipe_and_overrides(capsys, tmp_path, recipe):
     assert saved["schedule"] == "cosine" and saved["warmup_steps"] == 2 and saved["decay_steps"] == 3000
     assert saved["weight_decay"] == 0 and saved["betas"] == [0.9, 0.999]
     assert saved["phase_steps"] == 500 and saved["phase_lr"] == 0.02 and saved["phase_weight_decay"] == 0.001
+    assert saved["m_init_scale"] == 3.0
 
 
 def test_fit_notes_steps_past_the_end_of_a_fixed_decay(capsys, tmp_path):

@@ -81,6 +81,20 @@ def test_init_scales(llama, init):
     assert v.std().item() == pytest.approx(expected, rel=0.2)
 
 
+def test_m_init_scale_scales_only_m(llama):
+    keys = [([i], 0, tag) for i in range(32) for tag in ("e", "m", "m/restart1", "mem0")]
+    same = init_vectors(llama, keys, TINY_RECIPE.replace(init_scale=30.0))
+    split = init_vectors(llama, keys, TINY_RECIPE.replace(init_scale=30.0, m_init_scale=3.0))
+    is_m = torch.tensor([k[2].split("/")[0] == "m" for k in keys])
+    assert torch.equal(split[~is_m], same[~is_m])
+    assert torch.allclose(split[is_m], same[is_m] / 10)
+    # and a fit starts from them: zero steps leave the initial vectors in place
+    fit = pt.fit(llama, ["Hello there"], recipe=TINY_RECIPE.replace(init_scale=30.0, m_init_scale=3.0, max_steps=0))
+    assert fit.e.norm().item() == pytest.approx(10 * fit.m.norm().item(), rel=0.3)
+    with pytest.raises(pt.PrototokensError, match="m_init_scale"):
+        TINY_RECIPE.replace(m_init_scale=-1.0)
+
+
 def test_fitting_is_deterministic(llama):
     rec = TINY_RECIPE.replace(max_steps=20, stop_accuracy=2.0)
     a = pt.fit(llama, ["Hello there"], recipe=rec)
@@ -326,7 +340,7 @@ def test_bf16_model_with_fp32_prototokens():
 def test_recipe_dict_leaves_out_later_fields_at_their_defaults():
     # sweep units and cached fits are keyed by this dict: adding plateau_* must not change old keys
     later = {"plateau_after", "plateau_factor", "plateau_min", "plateau_cycle", "decay_steps", "phase_steps",
-             "phase_lr", "phase_weight_decay"}
+             "phase_lr", "phase_weight_decay", "m_init_scale"}
     assert not later & pt.Recipe().to_dict().keys()
     r = pt.Recipe(plateau_after=50, plateau_factor=0.25, plateau_min=0.125, plateau_cycle=4)
     d = r.to_dict()

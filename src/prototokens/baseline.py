@@ -283,7 +283,7 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
     """
     recipe = get_recipe(recipe or "kuratov")
     unsupported = [f for f, off in (("restarts", 0), ("focal_gamma", 0.0), ("plateau_after", None),
-                                    ("phase_steps", None))
+                                    ("phase_steps", None), ("m_init_scale", None))
                    if getattr(recipe, f) != off]
     if unsupported:
         raise PrototokensError(f"the [mem] baseline does not support recipe field(s) {', '.join(unsupported)} "

@@ -40,7 +40,7 @@ def _read_text(args: argparse.Namespace) -> str:
 
 def _recipe(pt, args: argparse.Namespace):
     recipe = pt.get_recipe(args.recipe, max_steps=args.steps, lr=args.lr, init=args.init,
-                           init_scale=args.init_scale, schedule=args.schedule, warmup_steps=args.warmup_steps,
+                           init_scale=args.init_scale, m_init_scale=args.m_init_scale, schedule=args.schedule, warmup_steps=args.warmup_steps,
                            decay_steps=args.decay_steps, patience=args.patience,
                            restarts=args.restarts, restart_after=args.restart_after, focal_gamma=args.focal_gamma,
                            plateau_after=args.plateau_after, plateau_factor=args.plateau_factor,
@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate (recipe default)")
     p.add_argument("--init", choices=INITS, help="initialisation (recipe default)")
     p.add_argument("--init-scale", type=float, help="initialisation scale (recipe default)")
+    p.add_argument("--m-init-scale", type=float, help="initialisation scale of m alone (recipe default: --init-scale)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (recipe default)")
     p.add_argument("--warmup-steps", type=int, help="steps of linear warm-up before the schedule (recipe default)")
     p.add_argument("--decay-steps", type=_positive,

@@ -76,7 +76,11 @@ def embedding_stats(lm: FrozenLM, sample: int = 8192) -> tuple[torch.Tensor, flo
 
 
 def init_vectors(lm: FrozenLM, keys: list[tuple[list[int], int, str]], recipe: Recipe) -> torch.Tensor:
-    """One initial fp32 vector per key (token ids, seed, tag), drawn from a generator seeded by the key."""
+    """One initial fp32 vector per key (token ids, seed, tag), drawn from a generator seeded by the key.
+
+    Keys tagged ``m`` (or ``m/...``, a restart's) are scaled by the recipe's ``m_init_scale`` where it
+    is set, all others by ``init_scale``.
+    """
     d = lm.hidden_size
     out = torch.empty(len(keys), d)
     table, std = embedding_stats(lm) if recipe.init != "normal" else (None, 1.0)
@@ -86,7 +90,9 @@ def init_vectors(lm: FrozenLM, keys: list[tuple[list[int], int, str]], recipe: R
             out[i] = table[torch.randint(len(table), (1,), generator=g)].squeeze(0)
         else:
             out[i] = torch.randn(d, generator=g) * std
-    return out * recipe.init_scale
+        is_m = tag.split("/")[0] == "m" and recipe.m_init_scale is not None
+        out[i] *= recipe.m_init_scale if is_m else recipe.init_scale
+    return out
 
 
 @dataclass

@@ -19,7 +19,8 @@ INITS = ("normal", "embedding", "tokens")
 SCHEDULES = ("constant", "cosine", "linear")
 # fields added after stored results existed, with their defaults (see Recipe.to_dict)
 _LATER_FIELDS = {"plateau_after": None, "plateau_factor": 0.5, "plateau_min": 0.0, "plateau_cycle": None,
-                 "decay_steps": None, "phase_steps": None, "phase_lr": None, "phase_weight_decay": None}
+                 "decay_steps": None, "phase_steps": None, "phase_lr": None, "phase_weight_decay": None,
+                 "m_init_scale": None}
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Recipe:
         ``normal``: N(0, init_scale^2) in every coordinate (the paper: scale 1);
         ``embedding``: N(0, (init_scale * s)^2) with s the std of the model's input embeddings;
         ``tokens``: the input embedding of a random vocabulary token, times init_scale.
+    m_init_scale: the scale of the ``m`` vectors' init, where it differs from ``init_scale`` (None: the
+        same). ``e`` (and the baseline's ``[mem]`` vectors) always take ``init_scale``.
     schedule: learning-rate schedule after ``warmup_steps`` of linear warm-up.
     decay_steps: the step at which ``schedule``'s decay ends (None: ``max_steps``, the budget). A fixed
         value makes the rate at each step, hence every fit, independent of the step budget; past it
@@ -81,6 +84,7 @@ class Recipe:
     phase_steps: int | None = None
     phase_lr: float | None = None
     phase_weight_decay: float | None = None
+    m_init_scale: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -131,6 +135,8 @@ class Recipe:
             raise PrototokensError(f"phase_lr must be > 0, got {self.phase_lr}")
         if self.phase_weight_decay is not None and self.phase_weight_decay < 0:
             raise PrototokensError(f"phase_weight_decay must be >= 0, got {self.phase_weight_decay}")
+        if self.m_init_scale is not None and self.m_init_scale < 0:
+            raise PrototokensError(f"m_init_scale must be >= 0, got {self.m_init_scale}")
         if self.weight_decay < 0:
             raise PrototokensError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
