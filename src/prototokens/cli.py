@@ -40,7 +40,8 @@ def _read_text(args: argparse.Namespace) -> str:
 
 def _recipe(pt, args: argparse.Namespace):
     recipe = pt.get_recipe(args.recipe, max_steps=args.steps, lr=args.lr, init=args.init,
-                           init_scale=args.init_scale, m_init_scale=args.m_init_scale, schedule=args.schedule, warmup_steps=args.warmup_steps,
+                           init_scale=args.init_scale, m_init_scale=args.m_init_scale,
+                           schedule=args.schedule, warmup_steps=args.warmup_steps,
                            decay_steps=args.decay_steps, patience=args.patience,
                            restarts=args.restarts, restart_after=args.restart_after, focal_gamma=args.focal_gamma,
                            plateau_after=args.plateau_after, plateau_factor=args.plateau_factor,
