@@ -29,7 +29,7 @@ def test_round_trip_keeps_vectors_and_header(fitted, tmp_path):
                (b.token_ids, b.seed, b.accuracy, b.steps, b.correct, b.status, b.text)
     assert back.model_name == "tiny-random-llama" and back.fingerprint == lm.fingerprint
     assert back.recipe == TINY_RECIPE.to_dict() and back.sharing == {"e": 1, "m": 0}
-    assert back.version == pt.__version__
+    assert back.version == pt.__version__ and back.dtype == "fp32"
     assert pt.decode_text(lm, back, 0) == "Hi there!"
 
 
@@ -55,7 +55,21 @@ def test_header_is_plain_json_in_safetensors_metadata(fitted, tmp_path):
         assert set(f.keys()) == {"e", "m", "e_index", "m_index", "target_ids"}
     assert head["arrangement"] == "e-m" and head["model"] == "tiny-random-llama"
     assert head["rows"][0]["token_ids"] == fit.rows[0].token_ids
-    assert head["recipe"]["lr"] == 0.1
+    assert head["recipe"]["lr"] == 0.1 and head["dtype"] == "fp32"
+
+
+def test_a_file_without_a_recorded_dtype_still_loads(fitted, tmp_path):
+    from safetensors import safe_open
+
+    _, fit = fitted
+    path = fit.save(tmp_path / "f.safetensors")
+    with safe_open(str(path), "pt") as f:
+        head = json.loads(f.metadata()["prototokens"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    del head["dtype"]  # as written before the dtype was recorded
+    save_file(tensors, str(path), metadata={"prototokens": json.dumps(head)})
+    back = pt.ProtoTokens.load(path)
+    assert back.dtype is None and torch.equal(back.e, fit.e)
 
 
 def test_decoding_with_another_model_is_refused(fitted):

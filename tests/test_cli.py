@@ -134,6 +134,19 @@ def test_eval_reports_metrics(capsys, fitted):
     assert "H_LM" in out and "nats" in out
 
 
+def test_eval_runs_the_model_in_the_dtype_of_the_fit(capsys, tmp_path, fitted):
+    bf16 = tmp_path / "bf16.safetensors"
+    assert main(["fit", "--text", "Hi there!", *TINY[:-3], "--steps", "3", "--quiet", "--dtype", "bf16",
+                 "--out", str(bf16)]) == 0
+    assert pt.ProtoTokens.load(bf16).dtype == "bf16"
+    capsys.readouterr()
+    for path, dtype, noted in [(bf16, "auto", False), (bf16, "fp32", True), (fitted, "auto", False),
+                               (fitted, "bf16", True)]:
+        code, out, err = run(capsys, "eval", str(path), "--device", "cpu", "--dtype", dtype, "--json")
+        assert code == 0 and json.loads(out)["n_tokens"] == 9
+        assert ("was fitted in" in err) == noted, (path.name, dtype, err)
+
+
 def test_models_lists_names(capsys):
     code, out, _ = run(capsys, "models")
     assert code == 0 and "smollm2-135m" in out and "tiny-random-gpt_neox" in out

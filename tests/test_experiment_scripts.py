@@ -1,5 +1,6 @@
 """The rerunnable experiment scripts under experiments/ (run as a user would, on a tiny model)."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -191,6 +192,32 @@ def test_long_fit_rejects_bad_input_in_one_line(tmp_path):
         res = long_fit("--steps", "1", *args, "--json", str(tmp_path / "x.json"))
         assert res.returncode != 0 and res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0
         assert not (tmp_path / "x.json").exists()
+
+
+def test_precision_eval_decodes_each_row_in_each_dtype(tmp_path):
+    from .conftest import TINY_RECIPE, _tiny
+
+    lm = _tiny("llama")
+    fit = pt.fit(lm, ["Hi there!", "Hello"], recipe=TINY_RECIPE)
+    path = fit.save(tmp_path / "f.safetensors")
+    cmd = [sys.executable, str(ROOT / "experiments" / "precision_eval.py"), str(path), "--device", "cpu",
+           "--dtypes", "fp32", "bf16", "--round-inputs", "--json", str(tmp_path / "p.json")]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    bf16 = pt.load_model("tiny-random-llama", device="cpu", dtype="bf16")
+    rounded = dataclasses.replace(fit, e=fit.e.bfloat16().float(), m=fit.m.bfloat16().float())
+    assert len(rows) == 2
+    for i, r in enumerate(rows):
+        target = fit.rows[i].token_ids
+        right = {"fp32": pt.decode(lm, fit, i), "bf16": pt.decode(bf16, fit, i),
+                 "fp32, e/m in bf16": pt.decode(lm, rounded, i)}
+        assert r["correct"] == {k: sum(a == b for a, b in zip(v, target, strict=True)) for k, v in right.items()}
+        assert r["changed_positions"] == [j for j in range(len(target))
+                                          if right["bf16"][j] != right["fp32"][j]
+                                          or right["fp32, e/m in bf16"][j] != right["fp32"][j]]
+    bad = subprocess.run([*cmd[:2], str(tmp_path / "p.json")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.startswith("error: ") and bad.stderr.strip().count("\n") == 0
 
 
 def test_recipe_ablation_betas_and_plain_loss_variants_change_one_field_of_recommended_cosine():

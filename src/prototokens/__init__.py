@@ -15,7 +15,7 @@ from .baseline import MemoryFit, evaluate_memory, fit_memory, greedy_decode  # n
 from .decoding import decode, decode_ids, evaluate, token_margins  # noqa: E402
 from .engine import fit_token_ids  # noqa: E402
 from .errors import PrototokensError  # noqa: E402
-from .loading import FrozenLM, load_model  # noqa: E402
+from .loading import FrozenLM, dtype_name, load_model  # noqa: E402
 from .metrics import lm_cross_entropy  # noqa: E402
 from .recipes import RECIPES, Recipe, get_recipe  # noqa: E402
 from .snapshots import Snapshots  # noqa: E402
@@ -23,5 +23,5 @@ from .snapshots import Snapshots  # noqa: E402
 __all__ = [
     "ARRANGEMENTS", "Arrangement", "FrozenLM", "ProtoTokens", "PrototokensError", "RECIPES", "Recipe",
     "MemoryFit", "Snapshots", "RowResult", "decode", "evaluate_memory", "fit_memory", "greedy_decode", "decode_ids", "decode_text", "evaluate", "token_margins", "fit", "fit_token_ids",
-    "get_arrangement", "get_recipe", "lm_cross_entropy", "load_model",
+    "dtype_name", "get_arrangement", "get_recipe", "lm_cross_entropy", "load_model",
 ]

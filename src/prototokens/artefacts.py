@@ -88,6 +88,9 @@ class ProtoTokens:
     sharing: dict
     seconds: float = 0.0
     version: str = __version__
+    # the model's dtype during the fit ("fp32", "bf16", "fp16"): decoding in another one changes
+    # tokens (docs/recipe.md, "Precision"); None in files written before it was recorded
+    dtype: str | None = None
 
     def best_row(self) -> int:
         """Index of the most accurate row (the first on ties)."""
@@ -107,6 +110,7 @@ class ProtoTokens:
             "sharing": self.sharing,
             "recipe": self.recipe,
             "seconds": self.seconds,
+            "dtype": self.dtype,
             "rows": [r.summary() for r in self.rows],
         }
 
@@ -152,6 +156,7 @@ class ProtoTokens:
                 ))
             return cls(e=tensors["e"], m=tensors["m"], rows=rows, arrangement=head["arrangement"],
                        model_name=head["model"], fingerprint=head["fingerprint"], recipe=head["recipe"],
-                       sharing=head["sharing"], seconds=head.get("seconds", 0.0), version=head["version"])
+                       sharing=head["sharing"], seconds=head.get("seconds", 0.0), version=head["version"],
+                       dtype=head.get("dtype"))
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise PrototokensError(f"{path} has a damaged prototokens header ({e})") from None

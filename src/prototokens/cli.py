@@ -132,8 +132,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _load_for(pt, args: argparse.Namespace):
+    """The saved fit and its model, by default in the dtype it was fitted in: another one changes tokens."""
     fit = pt.ProtoTokens.load(args.file)
-    lm = pt.load_model(args.model or fit.model_name, device=args.device, dtype=args.dtype)
+    dtype = fit.dtype if args.dtype == "auto" and fit.dtype else args.dtype
+    lm = pt.load_model(args.model or fit.model_name, device=args.device, dtype=dtype)
+    if fit.dtype and pt.dtype_name(lm.dtype) != fit.dtype:
+        print(f"note: {args.file} was fitted in {fit.dtype}, this model runs in {pt.dtype_name(lm.dtype)}; "
+              "decoded tokens can differ (docs/recipe.md, 'Precision')", file=sys.stderr)
     return fit, lm
 
 
@@ -368,7 +373,8 @@ def _runtime(p: argparse.ArgumentParser, model_default: str | None) -> None:
                    + (f" (default: {model_default})" if model_default else " (default: the one in the file)"))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="model dtype; proto-tokens stay fp32 (default: bf16 on GPU, fp32 on CPU)")
+                   help="model dtype; proto-tokens stay fp32 (default: "
+                   + ("" if model_default else "the one the fit ran in, else ") + "bf16 on GPU, fp32 on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:

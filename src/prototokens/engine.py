@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .arrangements import Arrangement, E, M, get_arrangement
 from .artefacts import ProtoTokens, RowResult
 from .errors import PrototokensError
-from .loading import FrozenLM, check_model
+from .loading import FrozenLM, check_model, dtype_name
 from .recipes import Recipe, get_recipe
 from .snapshots import FitProgress, Snapshots, fit_identity, load_loop_state
 
@@ -669,7 +669,7 @@ def fit_token_ids(lm: FrozenLM, token_ids: list[list[int]], *, seeds: int | list
     return ProtoTokens(
         e=best_e, m=best_m, rows=rows, arrangement=arr.name, model_name=lm.name,
         fingerprint=lm.fingerprint, recipe=recipe.to_dict(),
-        sharing={"e": share_e, "m": share_m}, seconds=tracker.seconds,
+        sharing={"e": share_e, "m": share_m}, seconds=tracker.seconds, dtype=dtype_name(lm.dtype),
     )
 
 

@@ -84,6 +84,11 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name ("fp32", "bf16", "fp16") of a model dtype."""
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
