@@ -238,6 +238,7 @@ def test_save_load_round_trip(fitted, tmp_path):
         assert set(f.keys()) == {"mem", "target_ids"}
     assert head["format"] == "prototokens-memory/1" and head["n_mem"] == 1
     assert back.bos_id == fit.bos_id == lm.bos_id and head["bos_id"] == lm.bos_id
+    assert back.dtype == head["dtype"] == "fp32"
 
 
 def test_files_from_before_bos_decode_without_it(llama, tmp_path):

@@ -58,7 +58,7 @@ from .engine import (
     stopped,
 )
 from .errors import PrototokensError
-from .loading import FrozenLM, check_model
+from .loading import FrozenLM, check_model, dtype_name
 from .metrics import lm_cross_entropy, nats_to_bits
 from .recipes import Recipe, get_recipe
 from .snapshots import FitProgress, Snapshots, fit_identity, load_loop_state
@@ -83,6 +83,7 @@ class MemoryFit:
     seconds: float = 0.0
     version: str = __version__
     bos_id: int | None = None  # the token between the mem vectors and the text; None: none
+    dtype: str | None = None  # the model's dtype during the fit; None in files from before it was recorded
 
     @property
     def n_mem(self) -> int:
@@ -100,6 +101,7 @@ class MemoryFit:
             "fingerprint": self.fingerprint,
             "n_mem": self.n_mem,
             "bos_id": self.bos_id,
+            "dtype": self.dtype,
             "recipe": self.recipe,
             "seconds": self.seconds,
             "rows": [r.summary() for r in self.rows],
@@ -145,7 +147,7 @@ class MemoryFit:
                 ))
             return cls(mem=mem, rows=rows, model_name=head["model"], fingerprint=head["fingerprint"],
                        recipe=head["recipe"], seconds=head.get("seconds", 0.0), version=head["version"],
-                       bos_id=head.get("bos_id"))
+                       bos_id=head.get("bos_id"), dtype=head.get("dtype"))
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise PrototokensError(f"{path} has a damaged prototokens header ({e})") from None
 
@@ -350,7 +352,7 @@ def fit_memory(lm: FrozenLM, token_ids: list[list[int]], *, n_mem: int = 1, seed
         bar.close()
     tracker.close()
     return MemoryFit(mem=mem, rows=rows, model_name=lm.name, fingerprint=lm.fingerprint, recipe=recipe.to_dict(),
-                     seconds=tracker.seconds, bos_id=bos_id)
+                     seconds=tracker.seconds, bos_id=bos_id, dtype=dtype_name(lm.dtype))
 
 
 @torch.no_grad()
