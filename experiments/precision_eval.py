@@ -8,6 +8,13 @@ the first dtype, `e` and `m` rounded to bf16 first, which separates the rounding
 vectors from the rounding everywhere else in the network.
 
     python experiments/precision_eval.py docs/results/recipe/*.safetensors [--dtypes fp32 bf16] [--round-inputs] [--json FILE]
+
+--summary reads such JSON files back and prints one line per model and N, over distinct states
+(files that hold the same vectors, e.g. a phase that gained nothing, count once): how many were
+fitted (accuracy >= 0.99) in the first dtype, how many still are in each other column, and the
+median (range) of the right tokens each column loses.
+
+    python experiments/precision_eval.py --summary docs/results/recipe/precision_eval_*.json
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from prototokens.files import write_json
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("files", nargs="+", help=".safetensors files written by `prototokens fit` or the experiments")
+    ap.add_argument("files", nargs="+", help=".safetensors files written by `prototokens fit` or the experiments "
+                                             "(with --summary: this script's JSON files)")
+    ap.add_argument("--summary", action="store_true", help="summarise JSON files written by --json")
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--round-inputs", action="store_true",
                     help="add a column: the first dtype's model with e and m rounded to bf16")
@@ -34,9 +43,50 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     try:
-        run(args)
+        if args.summary:
+            summarise(args.files)
+        else:
+            run(args)
     except pt.PrototokensError as e:
         sys.exit(f"error: {e}")
+
+
+def summarise(paths: list[str]) -> None:
+    import hashlib
+    import json
+    import statistics
+    from collections import defaultdict
+
+    groups: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
+    cols: list[str] = []
+    for p in paths:
+        try:
+            d = json.loads(Path(p).read_text())
+            rows, dtypes = d["rows"], d["dtypes"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise pt.PrototokensError(f"{p} is not a JSON file written by this script ({e})") from None
+        if cols and dtypes != cols:
+            raise pt.PrototokensError(f"{p} has columns {dtypes}, the others {cols}")
+        cols = dtypes
+        fits: dict[str, pt.ProtoTokens] = {}
+        for r in rows:
+            fit = fits.setdefault(r["file"], pt.ProtoTokens.load(r["file"]))
+            e, m = fit.vectors(r["row"])
+            state = hashlib.sha256(e.numpy().tobytes() + m.numpy().tobytes()).hexdigest()
+            groups[(r["model"], r["n_tokens"])].setdefault(state, r)
+    ref = cols[0]
+    print(f"| model | N | states | fitted in {ref} | " + " | ".join(f"still fitted, {c} | lost in {c}: median (range)"
+                                                              for c in cols[1:]) + " |")
+    print("|---|---|---|---|" + "---|---|" * (len(cols) - 1))
+    for (model, n), states in sorted(groups.items()):
+        rs = list(states.values())
+        fitted = [r for r in rs if r["correct"][ref] >= 0.99 * n]
+        cells = []
+        for c in cols[1:]:
+            lost = [r["correct"][ref] - r["correct"][c] for r in rs]
+            cells += [str(sum(r["correct"][c] >= 0.99 * n for r in fitted)) if fitted else "–",
+                      f"{statistics.median(lost):g} ({min(lost)}-{max(lost)})"]
+        print(f"| {model} | {n} | {len(rs)} | {len(fitted)} | " + " | ".join(cells) + " |")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -66,10 +116,12 @@ def run(args: argparse.Namespace) -> None:
                                                   m=fit.m.to(torch.bfloat16).float())
                     per[rounded] = pt.token_margins(lms[key], as_bf16, row)
             base = per[ref]
-            correct = {d: sum(r["margin"] > 0 for r in per[d]) for d in cols}
+            # right means decoded right (the argmax, as `decode` reads it): in bf16 the logits are
+            # coarse enough for ties, where the margin is 0 and the argmax may still be the target
+            correct = {d: sum(r["predicted"] == r["target"] for r in per[d]) for d in cols}
             changed = sorted({r["position"] for d in cols[1:]
                               for r, b in zip(per[d], base, strict=True) if r["predicted"] != b["predicted"]})
-            margins = [r["margin"] for r in base if r["margin"] > 0]
+            margins = [r["margin"] for r in base if r["predicted"] == r["target"]]
             rec = {"file": str(path), "model": fit.model_name, "row": row, "n_tokens": fit.rows[row].n_tokens,
                    "correct": correct, "changed_positions": changed,
                    "min_margin_right": min(margins) if margins else None,

@@ -218,6 +218,17 @@ def test_precision_eval_decodes_each_row_in_each_dtype(tmp_path):
                                           or right["fp32, e/m in bf16"][j] != right["fp32"][j]]
     bad = subprocess.run([*cmd[:2], str(tmp_path / "p.json")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode != 0 and bad.stderr.startswith("error: ") and bad.stderr.strip().count("\n") == 0
+    # the summary counts a state once however many files hold it; N differs per text, so one line per row
+    fit.save(tmp_path / "copy.safetensors")
+    res = subprocess.run([*cmd[:2], str(path), str(tmp_path / "copy.safetensors"), "--device", "cpu",
+                          "--json", str(tmp_path / "two.json")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([*cmd[:2], "--summary", str(tmp_path / "two.json")], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    lines = [ln.split(" | ") for ln in res.stdout.splitlines() if ln.startswith("| tiny-random-llama")]
+    assert res.returncode == 0 and sorted(int(ln[1]) for ln in lines) == sorted(len(r.token_ids) for r in fit.rows)
+    for ln, r in zip(sorted(lines, key=lambda ln: int(ln[1])), sorted(rows, key=lambda r: r["n_tokens"]), strict=True):
+        assert ln[2] == "1" and ln[3] == str(int(r["correct"]["fp32"] >= 0.99 * r["n_tokens"]))
 
 
 def test_recipe_ablation_betas_and_plain_loss_variants_change_one_field_of_recommended_cosine():
