@@ -21,14 +21,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
+import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 import prototokens as pt
 from prototokens.files import write_json
+from prototokens.sweep import SweepConfig
+
+SUCCESS = SweepConfig.success  # "fitted": the capacity search's success accuracy (0.99)
 
 
 def main() -> None:
@@ -52,11 +59,6 @@ def main() -> None:
 
 
 def summarise(paths: list[str]) -> None:
-    import hashlib
-    import json
-    import statistics
-    from collections import defaultdict
-
     groups: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
     cols: list[str] = []
     for p in paths:
@@ -70,7 +72,9 @@ def summarise(paths: list[str]) -> None:
         cols = dtypes
         fits: dict[str, pt.ProtoTokens] = {}
         for r in rows:
-            fit = fits.setdefault(r["file"], pt.ProtoTokens.load(r["file"]))
+            if r["file"] not in fits:
+                fits[r["file"]] = pt.ProtoTokens.load(r["file"])
+            fit = fits[r["file"]]
             e, m = fit.vectors(r["row"])
             state = hashlib.sha256(e.numpy().tobytes() + m.numpy().tobytes()).hexdigest()
             groups[(r["model"], r["n_tokens"])].setdefault(state, r)
@@ -80,11 +84,11 @@ def summarise(paths: list[str]) -> None:
     print("|---|---|---|---|" + "---|---|" * (len(cols) - 1))
     for (model, n), states in sorted(groups.items()):
         rs = list(states.values())
-        fitted = [r for r in rs if r["correct"][ref] >= 0.99 * n]
+        fitted = [r for r in rs if r["correct"][ref] >= SUCCESS * n]
         cells = []
         for c in cols[1:]:
             lost = [r["correct"][ref] - r["correct"][c] for r in rs]
-            cells += [str(sum(r["correct"][c] >= 0.99 * n for r in fitted)) if fitted else "–",
+            cells += [str(sum(r["correct"][c] >= SUCCESS * n for r in fitted)) if fitted else "–",
                       f"{statistics.median(lost):g} ({min(lost)}-{max(lost)})"]
         print(f"| {model} | {n} | {len(rs)} | {len(fitted)} | " + " | ".join(cells) + " |")
 
@@ -102,6 +106,8 @@ def run(args: argparse.Namespace) -> None:
     lms: dict[tuple[str, str], pt.FrozenLM] = {}
     t0 = time.perf_counter()
     for path, fit in fits:
+        if args.round_inputs:
+            as_bf16 = dataclasses.replace(fit, e=fit.e.to(torch.bfloat16).float(), m=fit.m.to(torch.bfloat16).float())
         for row in range(len(fit.rows)):
             per = {}
             for d in args.dtypes:
@@ -112,8 +118,6 @@ def run(args: argparse.Namespace) -> None:
                     lms[key] = pt.load_model(fit.model_name, device=args.device, dtype=d)
                 per[d] = pt.token_margins(lms[key], fit, row)
                 if d == ref and args.round_inputs:
-                    as_bf16 = dataclasses.replace(fit, e=fit.e.to(torch.bfloat16).float(),
-                                                  m=fit.m.to(torch.bfloat16).float())
                     per[rounded] = pt.token_margins(lms[key], as_bf16, row)
             base = per[ref]
             # right means decoded right (the argmax, as `decode` reads it): in bf16 the logits are

@@ -178,3 +178,8 @@ def test_install_gguf_caches_a_checked_local_file(tmp_path, monkeypatch):
     assert spec.sha256 in (target / "SOURCE").read_text()
     model, tok = loading._from_pretrained(str(target), local_only=True)
     assert loading.fingerprint(model, tok) == loading.fingerprint(*tiny.build_tiny("llama"))
+
+
+def test_dtype_names_are_the_cli_names_and_torch_names_otherwise():
+    assert [pt.dtype_name(d) for d in (torch.float32, torch.bfloat16, torch.float16)] == ["fp32", "bf16", "fp16"]
+    assert pt.dtype_name(torch.float64) == "float64"  # a model loaded with a torch dtype still saves

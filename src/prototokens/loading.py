@@ -85,8 +85,8 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    """The short name ("fp32", "bf16", "fp16") of a model dtype."""
-    return next(k for k, v in DTYPES.items() if v == dtype)
+    """The short name ("fp32", "bf16", "fp16") of a model dtype; torch's name for any other."""
+    return next((k for k, v in DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
