@@ -7,7 +7,7 @@ import torch
 
 import prototokens as pt
 from prototokens import bundled, tiny
-from prototokens.loading import model_names
+from prototokens.loading import model_names, resolve_dtype
 
 from .conftest import ARCHS
 
@@ -183,3 +183,8 @@ def test_install_gguf_caches_a_checked_local_file(tmp_path, monkeypatch):
 def test_dtype_names_are_the_cli_names_and_torch_names_otherwise():
     assert [pt.dtype_name(d) for d in (torch.float32, torch.bfloat16, torch.float16)] == ["fp32", "bf16", "fp16"]
     assert pt.dtype_name(torch.float64) == "float64"  # a model loaded with a torch dtype still saves
+    cpu = torch.device("cpu")  # and the name a fit records resolves back to its dtype
+    assert [resolve_dtype(pt.dtype_name(d), cpu) for d in (torch.float32, torch.float64)] == [torch.float32,
+                                                                                                    torch.float64]
+    with pytest.raises(pt.PrototokensError, match="unknown dtype"):
+        resolve_dtype("int8", cpu)

@@ -96,9 +96,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    if dtype not in DTYPES:
-        raise PrototokensError(f"unknown dtype {dtype!r}; known: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    named = getattr(torch, str(dtype), None)  # torch's names, as dtype_name writes dtypes outside DTYPES
+    if isinstance(named, torch.dtype) and named.is_floating_point:
+        return named
+    raise PrototokensError(f"unknown dtype {dtype!r}; known: auto, {', '.join(DTYPES)}")
 
 
 def _quiet():
