@@ -249,7 +249,8 @@ RECIPES: dict[str, Recipe] = {
     "recommended-cosine-b999": _B999,
     # A candidate for long texts (docs/recipe.md, "Adam's beta2"): `recommended-cosine-b999` from a 10x smaller
     # init (x3: a norm near the one the decay settles at, so the first ~1500 steps fit instead of shrinking).
-    # Gemma-3-270M, 1 text: N = 181 at 180/181 by step 3644, where the x30 init ends at 164. SmolLM2, 4 texts:
+    # Gemma-3-270M, 6 texts at N = 181: 4 fitted by step 3644 (180-181 of 181), 2 left at 178 and 179, where the
+    # x30 init ends at 161-167 (texts 0 and 1). SmolLM2, 4 texts:
     # N = 32 1/4 in 300 steps and N = 45 2/4 in 1500 (x30: 4/4 and 4/4), the misses mostly with the first
     # token wrong: not for short fits.
     "recommended-cosine-b999-x3": _B999.replace(name="recommended-cosine-b999-x3", init_scale=3.0),
@@ -257,7 +258,9 @@ RECIPES: dict[str, Recipe] = {
     # then three 800-step phases at lr 0.03 without weight decay, each from the best state so far with a
     # fresh Adam state. The path that fitted a Gemma-3-270M text at N = 181 exactly (there with phases of
     # 1000, 500 and 800 steps, run as separate warm-started fits) after the 5000-step fit had stopped at 164.
-    # On a second text, as defined here, it stopped at 178/181 (167 after the decay): not fitted.
+    # On a second text, as defined here, it stopped at 178/181 (167 after the decay): not fitted. With
+    # init_scale=3 its schedule fitted all 6 Gemma texts tried at N = 181 (180 of 181 by steps 2949-5405; on
+    # texts 0-2 run by hand as the x3 fit and, on texts 1 and 2, its first phase).
     "recommended-phases": _B999.replace(name="recommended-phases", max_steps=7400, phase_steps=800, phase_lr=0.03,
                                         phase_weight_decay=0.0),
     # Provisional (docs/recipe.md): a 10x larger init keeps position 0 out of the model's attention-
